@@ -44,3 +44,32 @@ def reference_rle_csv() -> Path:
 @pytest.fixture(scope="session")
 def weights_dir() -> Path:
     return shared_path("weights")
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> Path:
+    """A small synthetic Severstal-layout dataset at reduced size (fast to train on)."""
+    from steelscan.data.synthetic import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth_small"), n=32, seed=1, height=128, width=800)
+
+
+@pytest.fixture(scope="session")
+def synth_full(tmp_path_factory) -> Path:
+    """A few synthetic images at the real 256x1600 size."""
+    from steelscan.data.synthetic import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth_full"), n=12, seed=2)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory, synth_small) -> Path:
+    """A tiny two-stage model trained by the project's own code on ``synth_small``.
+
+    Shared by inference, export and service tests; trains once per session (seconds on a CPU).
+    """
+    from steelscan.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("bundle") / "model"
+    cfg = TrainConfig.tiny()
+    return train(synth_small, out, cfg)

@@ -12,7 +12,17 @@ import sys
 import typer
 
 from steelscan import __version__
-from steelscan.cli import data_cmds, export_cmd, model_cmds, score_cmd, serve_cmd
+from steelscan.cli import (
+    data_cmds,
+    demo_cmd,
+    evaluate_cmd,
+    export_cmd,
+    predict_cmd,
+    score_cmd,
+    serve_cmd,
+    train_cmd,
+    tune_cmd,
+)
 from steelscan.cli.common import run_guarded
 
 app = typer.Typer(
@@ -39,7 +49,17 @@ def _root(
     """Steel strip flaw detection."""
 
 
-for _module in (data_cmds, score_cmd, model_cmds, export_cmd, serve_cmd):
+for _module in (
+    data_cmds,
+    score_cmd,
+    train_cmd,
+    tune_cmd,
+    predict_cmd,
+    evaluate_cmd,
+    demo_cmd,
+    export_cmd,
+    serve_cmd,
+):
     _module.register(app)
 
 
