@@ -1,0 +1,5 @@
+"""`python -m steelscan ...` runs the command line."""
+
+from steelscan.cli import main
+
+main()
