@@ -1,9 +1,144 @@
-"""Commands registered by this module (filled in by its owner)."""
+"""`steelscan predict`: run a trained bundle over images and write submission, JSON lines, overlays.
+
+Exit status: 0 when every image was inspected; 1 when some image could not be read or inspected
+(everything else is still written, and the failures are listed in ``errors.csv`` and
+``predictions.jsonl``); 2 for a user error that stops the run before it starts (missing or broken
+model directory, an input path that does not exist, an unknown engine).
+"""
 
 from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
 
 import typer
 
 
+def _chunks(items: list, n: int) -> list[list]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+def predict(
+    model_dir: Path = typer.Argument(..., help="Trained model bundle folder (manifest.json)."),
+    inputs: list[Path] = typer.Argument(
+        ...,
+        help="Images, folders of images, CSVs with an ImageId column, or a labelled dataset "
+        "folder (with train.csv: overlays then show the ground truth too).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder for submission.csv, predictions.jsonl..."),
+    engine: str = typer.Option("torch", "--engine", help="Runtime: torch, or onnx after export."),
+    gate: str | None = typer.Option(
+        None, "--gate", help="Override the tuned gate: hard, soft or none."
+    ),
+    tta: bool = typer.Option(False, "--tta", help="Average the segmenter over flips (3x slower)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
+    overlays: bool = typer.Option(False, "--overlays", help="Write overlays/<id>.png per image."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last layout."),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast where supported."),
+    device: str = typer.Option("auto", "--device", help="torch device: auto, cpu, cuda, cuda:1."),
+) -> None:
+    """Inspect images with a trained model; writes one result per image, each image once."""
+    from tqdm import tqdm
+
+    from steelscan.cli.common import fail
+    from steelscan.imageio import ImageReadError, read_image
+    from steelscan.inference.inputs import resolve_inputs
+    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.writers import ERRORS, PredictionWriter
+
+    if gate is not None and gate not in ("hard", "soft", "none"):
+        fail(f"--gate must be hard, soft or none, not {gate!r}")
+    if not model_dir.is_dir():
+        fail(f"{model_dir}: model directory not found")
+    try:
+        from steelscan.bundle import load_bundle
+
+        bundle = load_bundle(model_dir)
+    except (ValueError, OSError) as exc:  # BundleError is a ValueError
+        fail(f"{model_dir}: cannot load the model bundle: {exc}")
+    opts: dict = {"channels_last": channels_last, "bf16": bf16, "device": device}
+    if engine != "torch":  # other runtimes pick their own providers
+        opts = {k: v for k, v in opts.items() if v and k != "device"}
+    try:
+        inspector = Inspector(
+            bundle, engine=engine, gate_mode=gate, tta=tta, batch_size=batch_size, **opts
+        )
+    except (ValueError, TypeError) as exc:
+        fail(str(exc))
+
+    resolved = resolve_inputs(inputs)
+    for note in resolved.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    channels = inspector.manifest.in_channels
+    per_class: Counter[str] = Counter()
+    n_ok = n_defective = 0
+    stage_ms: Counter[str] = Counter()
+    failed: list[str] = []
+    start = time.perf_counter()
+
+    with PredictionWriter(out, overlays=overlays) as writer:
+        for image_id, why in resolved.missing:
+            writer.write_error(image_id, None, f"image not found: {why}")
+            failed.append(image_id)
+            typer.secho(f"error: {image_id}: {why}", fg=typer.colors.RED, err=True)
+
+        def report_error(item, message: str) -> None:
+            writer.write_error(item.image_id, item.path, message)
+            failed.append(item.image_id)
+            tqdm.write(typer.style(f"error: {message}", fg=typer.colors.RED), file=None)
+
+        bar = tqdm(total=len(resolved.images), unit="img", desc="predict", dynamic_ncols=True)
+        for chunk in _chunks(resolved.images, batch_size):
+            loaded, arrays, decode_ms = [], [], []
+            for item in chunk:
+                t0 = time.perf_counter()
+                try:
+                    arr = read_image(item.path, channels=channels)
+                except ImageReadError as exc:
+                    report_error(item, str(exc))
+                    bar.update(1)
+                    continue
+                loaded.append(item)
+                arrays.append(arr)
+                decode_ms.append((time.perf_counter() - t0) * 1000)
+            if not loaded:
+                continue
+            batch = [(it.image_id, a) for it, a in zip(loaded, arrays, strict=True)]
+            try:
+                results = inspector.inspect_batch(batch, decode_ms=decode_ms)
+                done = list(zip(loaded, arrays, results, strict=True))
+            except (ValueError, RuntimeError, MemoryError):
+                done = []  # one bad image must not sink its batch: retry one at a time
+                for it, a, b, d in zip(loaded, arrays, batch, decode_ms, strict=True):
+                    try:
+                        done.append((it, a, inspector.inspect_batch([b], decode_ms=[d])[0]))
+                    except (ValueError, RuntimeError, MemoryError) as exc:
+                        report_error(it, f"{it.path}: inspection failed: {exc}")
+            for it, a, res in done:
+                writer.write(res, path=it.path, image=a if overlays else None, truth=it.truth)
+                n_ok += 1
+                n_defective += res.has_defect
+                per_class.update(c.name for c in res.classes if c.present)
+                stage_ms.update(res.timings_ms)
+            bar.update(len(loaded))
+        bar.close()
+
+    elapsed = time.perf_counter() - start
+    typer.echo(f"images inspected: {n_ok}   defective: {n_defective}   errors: {len(failed)}")
+    for name in inspector.classes:
+        typer.echo(f"  {name}: {per_class[name]}")
+    if n_ok:
+        stages = ", ".join(f"{k} {v / n_ok:.1f}" for k, v in stage_ms.items())
+        typer.echo(f"speed: {n_ok / elapsed:.2f} img/s   mean ms per image: {stages}")
+    typer.echo(f"outputs in {out}")
+    if failed:
+        typer.secho(
+            f"{len(failed)} image(s) failed; see {out / ERRORS}", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``predict`` to ``app``."""
+    app.command("predict")(predict)

@@ -1,0 +1,213 @@
+"""Streaming writers for ``steelscan predict``: submission CSV, JSON lines, errors and overlays.
+
+Each table is written to a hidden temporary name beside its destination and renamed into place
+only when the run completes, so an interrupted run never leaves a half-written file that looks
+finished. Overlays are one PNG per image, each renamed into place once fully written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import cv2
+import numpy as np
+
+from steelscan.data.records import AnnotatedImage
+from steelscan.imageio import encode_png, to_channels
+from steelscan.inference.result import InspectionResult
+
+# One colour per class (RGB); Severstal classes 1-4 get red, green, blue, yellow.
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
+    (230, 40, 40),
+    (40, 200, 60),
+    (40, 110, 240),
+    (250, 210, 30),
+    (220, 60, 220),
+    (30, 210, 210),
+    (250, 140, 20),
+    (150, 90, 40),
+)
+
+SUBMISSION = "submission.csv"
+PREDICTIONS = "predictions.jsonl"
+ERRORS = "errors.csv"
+OVERLAY_DIR = "overlays"
+
+
+def class_color(k: int) -> tuple[int, int, int]:
+    return CLASS_COLORS[k % len(CLASS_COLORS)]
+
+
+class AtomicText:
+    """A text file written under a temporary name and renamed into place by :meth:`commit`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.fh: IO[str] = open(self.tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
+
+    def commit(self) -> None:
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# -- overlays ---------------------------------------------------------------------------------
+def _paint(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Colour each class's mask over an RGB image and outline it (contours stay visible)."""
+    try:  # the report engineer's renderer, when present, keeps every picture in one style
+        from steelscan.reports.overlay import overlay
+
+        colors = [class_color(k) for k in range(len(masks))]
+        out = np.asarray(overlay(image, masks, colors))
+        if out.shape[:2] == image.shape[:2]:
+            return to_channels(out[..., :3] if out.ndim == 3 else out, 3)
+    except Exception:  # noqa: BLE001 - fall back to the local renderer below
+        pass
+    out = image.astype(np.float32)
+    for k, m in enumerate(masks):
+        on = m.astype(bool)
+        if on.any():
+            out[on] = (1 - alpha) * out[on] + alpha * np.asarray(class_color(k), np.float32)
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    for k, m in enumerate(masks):
+        if m.any():
+            contours, _ = cv2.findContours(
+                m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+            )
+            cv2.drawContours(out, contours, -1, class_color(k), 1)
+    return out
+
+
+def _caption(width: int, text: str, height: int = 22) -> np.ndarray:
+    bar = np.full((height, width, 3), 30, np.uint8)
+    cv2.putText(
+        bar, text, (6, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
+    )
+    return bar
+
+
+def _legend(width: int, names: list[str], extra: list[str]) -> np.ndarray:
+    bar = np.full((26, width, 3), 255, np.uint8)
+    x = 6
+    for k, (name, note) in enumerate(zip(names, extra, strict=True)):
+        cv2.rectangle(bar, (x, 6), (x + 14, 20), class_color(k), -1)
+        label = f"{name} {note}".strip()
+        cv2.putText(
+            bar, label, (x + 19, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
+        )
+        x += 30 + 9 * len(label)
+    return bar
+
+
+def render_overlay(
+    image: np.ndarray, result: InspectionResult, truth: AnnotatedImage | None = None
+) -> np.ndarray:
+    """The prediction painted on the image (+ a ground-truth panel when labelled) and a legend."""
+    rgb = to_channels(image, 3)
+    h, w = rgb.shape[:2]
+    pred = np.stack([c.mask for c in result.classes]) if result.classes else np.zeros((0, h, w))
+    title = f"{result.image_id}  prediction  P(defect)={result.defect_probability:.2f}"
+    panels = [_caption(w, title), _paint(rgb, pred)]
+    if truth is not None and truth.shape == (h, w):
+        gt = truth.masks()
+        if len(gt) == len(result.classes):
+            panels += [_caption(w, "ground truth"), _paint(rgb, gt)]
+    notes = [f"({c.area} px)" if c.present else "" for c in result.classes]
+    panels.append(_legend(w, [c.name for c in result.classes], notes))
+    return np.concatenate(panels, axis=0)
+
+
+# -- the combined writer ----------------------------------------------------------------------
+class PredictionWriter:
+    """Writes every output of one predict run into ``out``; use as a context manager.
+
+    ``submission.csv``: Kaggle ``ImageId,EncodedPixels,ClassId``, one row per image and class
+    (empty EncodedPixels when absent). ``predictions.jsonl``: one object per image
+    (``InspectionResult.to_dict()`` plus ``path`` and ``error``, null unless it failed).
+    ``errors.csv``: ``ImageId,path,error`` for images that could not be inspected.
+    ``overlays/<stem>.png`` when ``overlays``. On an exception nothing is renamed into place.
+    """
+
+    def __init__(self, out: Path, *, overlays: bool = False) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.overlays = overlays
+        if overlays:
+            (self.out / OVERLAY_DIR).mkdir(exist_ok=True)
+        self._files = [
+            AtomicText(self.out / SUBMISSION),
+            AtomicText(self.out / PREDICTIONS),
+            AtomicText(self.out / ERRORS),
+        ]
+        self._sub = csv.writer(self._files[0].fh, lineterminator="\n")
+        self._sub.writerow(["ImageId", "EncodedPixels", "ClassId"])
+        self._jsonl = self._files[1].fh
+        self._err = csv.writer(self._files[2].fh, lineterminator="\n")
+        self._err.writerow(["ImageId", "path", "error"])
+        self.n_written = 0
+        self.n_errors = 0
+
+    def write(
+        self,
+        result: InspectionResult,
+        *,
+        path: str | Path | None = None,
+        image: np.ndarray | None = None,
+        truth: AnnotatedImage | None = None,
+    ) -> None:
+        for c in result.classes:
+            self._sub.writerow([result.image_id, c.rle(), c.class_id])
+        record: dict[str, Any] = result.to_dict()
+        record["path"] = str(path) if path is not None else None
+        record["error"] = None
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self.overlays and image is not None:
+            png = encode_png(render_overlay(image, result, truth))
+            write_bytes_atomic(self.out / OVERLAY_DIR / f"{Path(result.image_id).stem}.png", png)
+        self.n_written += 1
+
+    def write_error(self, image_id: str, path: str | Path | None, message: str) -> None:
+        """Record an image that could not be inspected (it gets no submission rows)."""
+        p = str(path) if path is not None else ""
+        self._err.writerow([image_id, p, message])
+        self._jsonl.write(
+            json.dumps({"image_id": image_id, "path": p or None, "error": message}) + "\n"
+        )
+        self.n_errors += 1
+
+    def close(self) -> None:
+        for f in self._files:
+            f.commit()
+
+    def abort(self) -> None:
+        for f in self._files:
+            f.discard()
+
+    def __enter__(self) -> PredictionWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
