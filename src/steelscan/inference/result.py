@@ -50,13 +50,16 @@ class InspectionResult:
     defect_probability: float
     classes: list[ClassResult]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Set (with no classes) when this image could not be read or inspected, so one bad file in a
+    # stream yields a result naming the problem instead of ending the stream.
+    error: str | None = None
 
     @property
     def has_defect(self) -> bool:
         return any(c.present for c in self.classes)
 
     def to_dict(self, *, include_rle: bool = True) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "image_id": self.image_id,
             "height": self.height,
             "width": self.width,
@@ -65,3 +68,6 @@ class InspectionResult:
             "classes": [c.to_dict(include_rle=include_rle) for c in self.classes],
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
+        if self.error is not None:
+            d["error"] = self.error
+        return d
