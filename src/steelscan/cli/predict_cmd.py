@@ -36,7 +36,8 @@ def predict(
     overlays: bool = typer.Option(False, "--overlays", help="Write overlays/<id>.png per image."),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last layout."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast where supported."),
-    device: str = typer.Option("auto", "--device", help="torch device: auto, cpu, cuda, cuda:1."),
+    int8: bool = typer.Option(False, "--int8", help="onnx engine: run the int8 model."),
+    device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1."),
 ) -> None:
     """Inspect images with a trained model; writes one result per image, each image once."""
     from tqdm import tqdm
@@ -57,9 +58,15 @@ def predict(
         bundle = load_bundle(model_dir)
     except (ValueError, OSError) as exc:  # BundleError is a ValueError
         fail(f"{model_dir}: cannot load the model bundle: {exc}")
-    opts: dict = {"channels_last": channels_last, "bf16": bf16, "device": device}
-    if engine != "torch":  # other runtimes pick their own providers
-        opts = {k: v for k, v in opts.items() if v and k != "device"}
+    opts: dict = {"device": device}
+    if engine == "torch":
+        opts.update(channels_last=channels_last, bf16=bf16)
+    elif channels_last or bf16:
+        fail("--channels-last and --bf16 only apply to the torch engine")
+    if int8:
+        if engine != "onnx":
+            fail("--int8 only applies to the onnx engine (after `steelscan export`)")
+        opts["int8"] = True
     try:
         inspector = Inspector(
             bundle, engine=engine, gate_mode=gate, tta=tta, batch_size=batch_size, **opts

@@ -4,7 +4,8 @@ Accepted inputs: image files; folders of images (non-recursive, sorted; a folder
 ``images/`` or ``train_images/`` subfolder is looked into); a CSV with an ``ImageId`` column (ids
 resolved beside the CSV, in ``images/`` or ``train_images/``, also under another image suffix with
 the same stem, as Severstal re-encodes store ``<id>.png`` for ``<id>.jpg``); a labelled dataset
-folder (has ``train.csv``): its records come with ground truth, for overlays.
+folder (has ``train.csv``, or VOC ``annotations/``): its records come with ground truth, for
+overlays.
 """
 
 from __future__ import annotations
@@ -96,10 +97,17 @@ def _from_csv(csv: Path, out: Inputs) -> list[InputImage]:
     return items
 
 
-def _from_dataset(folder: Path) -> list[InputImage]:
-    from steelscan.data import load_dataset
+def _is_dataset(folder: Path) -> bool:
+    return (folder / "train.csv").is_file() or (folder / "annotations").is_dir()
 
-    ds = load_dataset(folder)
+
+def _from_dataset(folder: Path, out: Inputs) -> list[InputImage]:
+    """A labelled dataset's images with their ground truth; its problems become notes, so one
+    bad annotation row does not stop predictions on everything else."""
+    from steelscan.data import scan_dataset
+
+    ds, problems = scan_dataset(folder)
+    out.notes.extend(str(p) for p in problems)
     return [InputImage(r.image_id, r.path, truth=r) for r in ds.records if r.path is not None]
 
 
@@ -134,7 +142,7 @@ def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
             problems.append(DataProblem(str(p), "no such file or folder"))
             continue
         if p.is_dir():
-            items = _from_dataset(p) if (p / "train.csv").is_file() else _from_folder(p)
+            items = _from_dataset(p, out) if _is_dataset(p) else _from_folder(p)
         elif p.suffix.lower() == ".csv":
             items = _from_csv(p, out)
         elif p.suffix.lower() in IMAGE_SUFFIXES:

@@ -20,27 +20,12 @@ import numpy as np
 from steelscan.data.records import AnnotatedImage
 from steelscan.imageio import encode_png, to_channels
 from steelscan.inference.result import InspectionResult
-
-# One colour per class (RGB); Severstal classes 1-4 get red, green, blue, yellow.
-CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
-    (230, 40, 40),
-    (40, 200, 60),
-    (40, 110, 240),
-    (250, 210, 30),
-    (220, 60, 220),
-    (30, 210, 210),
-    (250, 140, 20),
-    (150, 90, 40),
-)
+from steelscan.reports.overlay import class_color, class_colors, overlay
 
 SUBMISSION = "submission.csv"
 PREDICTIONS = "predictions.jsonl"
 ERRORS = "errors.csv"
 OVERLAY_DIR = "overlays"
-
-
-def class_color(k: int) -> tuple[int, int, int]:
-    return CLASS_COLORS[k % len(CLASS_COLORS)]
 
 
 class AtomicText:
@@ -67,30 +52,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 # -- overlays ---------------------------------------------------------------------------------
-def _paint(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Colour each class's mask over an RGB image and outline it (contours stay visible)."""
-    try:  # the report engineer's renderer, when present, keeps every picture in one style
-        from steelscan.reports.overlay import overlay
-
-        colors = [class_color(k) for k in range(len(masks))]
-        out = np.asarray(overlay(image, masks, colors))
-        if out.shape[:2] == image.shape[:2]:
-            return to_channels(out[..., :3] if out.ndim == 3 else out, 3)
-    except Exception:  # noqa: BLE001 - fall back to the local renderer below
-        pass
-    out = image.astype(np.float32)
-    for k, m in enumerate(masks):
-        on = m.astype(bool)
-        if on.any():
-            out[on] = (1 - alpha) * out[on] + alpha * np.asarray(class_color(k), np.float32)
-    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    for k, m in enumerate(masks):
-        if m.any():
-            contours, _ = cv2.findContours(
-                m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-            )
-            cv2.drawContours(out, contours, -1, class_color(k), 1)
-    return out
+def _paint(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Tint and outline each class's mask in its class colour (the project-wide palette)."""
+    return overlay(image, masks, class_colors(len(masks)))
 
 
 def _caption(width: int, text: str, height: int = 22) -> np.ndarray:
