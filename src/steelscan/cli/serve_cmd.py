@@ -1,9 +1,59 @@
-"""Commands registered by this module (filled in by its owner)."""
+"""``steelscan serve``: the inspection API and web page under uvicorn."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from steelscan.cli.common import fail
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``serve`` to ``app``."""
+
+    @app.command("serve")
+    def serve(
+        model_dir: Path = typer.Argument(..., help="Model bundle folder (`steelscan train`)."),
+        host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+        port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
+        engine: str = typer.Option("torch", help="Inference engine: torch or onnx."),
+        max_upload_mb: float = typer.Option(
+            20.0, min=0.001, help="Largest accepted request body, in MB (larger: 413)."
+        ),
+        max_queue: int = typer.Option(
+            8, min=0, help="Requests that may wait for a worker; past that: 503 + Retry-After."
+        ),
+        workers: int = typer.Option(1, min=1, help="Inference threads (1 suits a CPU)."),
+        max_batch: int = typer.Option(16, min=1, help="Most images in one batch request."),
+        log_level: str = typer.Option("info", help="uvicorn log level."),
+    ) -> None:
+        """Serve the inspection API (/docs) and the web page (/) for one model bundle.
+
+        The model is loaded once, before the server starts listening: a missing or broken bundle
+        stops here with a message and exit status 2.
+        """
+        import uvicorn
+
+        from steelscan.service.app import ServiceConfig, create_app, load_service
+
+        if engine not in ("torch", "onnx"):
+            fail(f"--engine must be torch or onnx, got {engine!r}")
+        try:
+            service = load_service(model_dir, engine=engine)
+        except (ValueError, OSError, RuntimeError, KeyError) as exc:
+            fail(f"cannot load the model bundle {model_dir}: {exc}")
+        config = ServiceConfig(
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_batch=max_batch,
+            workers=workers,
+            max_queue=max_queue,
+        )
+        app_ = create_app(service, config)
+        shown = f"[{host}]" if ":" in host else host
+        typer.echo(
+            f"steelscan: model {service.manifest.name} ({service.version}, {engine}) loaded; "
+            f"serving http://{shown}:{port}/ (API docs at /docs)",
+            err=True,
+        )
+        uvicorn.run(app_, host=host, port=port, log_level=log_level)
