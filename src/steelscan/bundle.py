@@ -1,0 +1,291 @@
+"""Model bundles: a directory with ``manifest.json`` and safetensors weights.
+
+```
+model/
+  manifest.json            ModelManifest (steelscan.manifest), pretty-printed JSON
+  classifier.safetensors   the gate's state dict      (when the manifest has a classifier)
+  segmenter.safetensors    the segmenter's state dict (when the manifest has a segmenter)
+  ...                      anything else (onnx/, reports) is kept when the bundle is re-saved
+```
+
+Loading rebuilds each network from its :class:`~steelscan.manifest.StageSpec` with
+:func:`steelscan.models.factory.build_from_spec` (no download) and loads the weights strictly:
+safetensors only, so loading never unpickles and never runs code from the file.
+
+Saving is atomic: everything is written to a temporary sibling directory which then replaces the
+bundle with a rename, so a crash never leaves a half-written bundle. Files of an existing bundle
+that this save does not write (ONNX exports, reports, logs) are carried over (hard links where
+possible). Note the directory itself is replaced: files held open inside the old directory
+during the save (e.g. an unclosed logger) keep writing to the old, removed copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from steelscan.manifest import FORMAT_VERSION, MANIFEST_NAME, ModelManifest, StageSpec
+
+STAGES = ("classifier", "segmenter")
+_SPEC_FIELDS = ("arch", "encoder", "num_outputs", "aux_head")
+
+
+class BundleError(ValueError):
+    """A bundle cannot be written or read; the message names the file and what is wrong."""
+
+
+@dataclass
+class LoadedBundle:
+    """A bundle rebuilt in memory; models are in eval mode on the requested device."""
+
+    manifest: ModelManifest
+    classifier: Any  # torch.nn.Module | None
+    segmenter: Any  # torch.nn.Module | None
+    path: Path
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _weights_path(bundle: Path, spec: StageSpec, stage: str) -> Path:
+    rel = Path(spec.weights_file)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise BundleError(
+            f"{bundle / MANIFEST_NAME}: {stage}.weights_file must be a file name inside the "
+            f"bundle, got {spec.weights_file!r}"
+        )
+    return bundle / rel
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+        parts.append(f"field '{loc}': {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _write_json_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _check_model_matches(model: Any, spec: StageSpec, stage: str) -> None:
+    """Refuse to save weights under a spec they were not built from (load would fail later)."""
+    made = getattr(model, "steelscan_spec", None)
+    if not isinstance(made, StageSpec):
+        return
+    for name in _SPEC_FIELDS:
+        if getattr(made, name) != getattr(spec, name):
+            raise BundleError(
+                f"manifest.{stage}.{name} is {getattr(spec, name)!r} but the {stage} model was "
+                f"created with {getattr(made, name)!r}"
+            )
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_bundle(
+    out_dir: str | os.PathLike,
+    manifest: ModelManifest,
+    classifier: Any = None,
+    segmenter: Any = None,
+) -> Path:
+    """Write ``manifest.json`` and the weights of the given models atomically; returns the dir.
+
+    Each model given needs its stage in the manifest (``manifest.classifier`` /
+    ``manifest.segmenter``) and vice versa; weights go to that spec's ``weights_file``
+    (``classifier.safetensors`` / ``segmenter.safetensors`` by default).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    if isinstance(manifest, dict):
+        try:
+            manifest = ModelManifest.model_validate(manifest)
+        except ValidationError as exc:
+            raise BundleError(f"invalid manifest for {out}: {_format_validation(exc)}") from exc
+    models = {"classifier": classifier, "segmenter": segmenter}
+    written: dict[str, Path] = {}
+    for stage in STAGES:
+        spec, model = getattr(manifest, stage), models[stage]
+        if (spec is None) != (model is None):
+            have = "a spec in the manifest but no model" if model is None else "a model but no spec"
+            raise BundleError(f"cannot save {out}: {stage} has {have} (manifest.{stage})")
+        if model is not None:
+            _check_model_matches(model, spec, stage)
+            written[stage] = _weights_path(out, spec, stage)
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"cannot save bundle to {out}: it exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for stage, target in written.items():
+            state = {
+                k: v.detach().to("cpu").contiguous() for k, v in models[stage].state_dict().items()
+            }
+            dest = tmp / target.relative_to(out)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            save_file(state, str(dest), metadata={"format": "pt", "stage": stage})
+        (tmp / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n", "utf-8")
+        if out.exists():
+            ours = {MANIFEST_NAME} | {t.relative_to(out).parts[0] for t in written.values()}
+            for entry in out.iterdir():
+                if entry.name in ours or entry.name.startswith(f".{out.name}.tmp-"):
+                    continue
+                dest = tmp / entry.name
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.copytree(entry, dest, symlinks=True, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(str(entry), str(dest))
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# --------------------------------------------------------------------------- load
+
+
+def read_manifest(path: str | os.PathLike) -> ModelManifest:
+    """The validated manifest of a bundle directory (or of a ``manifest.json`` path)."""
+    p = Path(path)
+    if p.is_file() and p.name == MANIFEST_NAME:
+        p = p.parent
+    if not p.exists():
+        raise BundleError(f"model bundle {p} does not exist")
+    if not p.is_dir():
+        raise BundleError(
+            f"model bundle {p} is not a directory (expected a folder with "
+            f"{MANIFEST_NAME} and *.safetensors)"
+        )
+    mpath = p / MANIFEST_NAME
+    if not mpath.is_file():
+        raise BundleError(f"{mpath} is missing: {p} is not a steelscan model bundle")
+    try:
+        data = json.loads(mpath.read_text("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{mpath} is not UTF-8 text: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise BundleError(
+            f"{mpath} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from exc
+    try:
+        manifest = ModelManifest.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(f"{mpath} is invalid: {_format_validation(exc)}") from exc
+    if manifest.format_version > FORMAT_VERSION:
+        raise BundleError(
+            f"{mpath}: format_version {manifest.format_version} was written by a newer steelscan "
+            f"(this one reads up to {FORMAT_VERSION}); upgrade steelscan"
+        )
+    return manifest
+
+
+def _load_stage(bundle: Path, manifest: ModelManifest, stage: str, device: str) -> Any:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from steelscan.models.factory import build_from_spec
+
+    spec: StageSpec | None = getattr(manifest, stage)
+    if spec is None:
+        return None
+    wpath = _weights_path(bundle, spec, stage)
+    if not wpath.is_file():
+        raise BundleError(f"{wpath} is missing (named by manifest.{stage}.weights_file)")
+    try:
+        state = load_file(str(wpath), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise BundleError(
+            f"{wpath} is corrupted or not a safetensors file ({type(exc).__name__}: {exc})"
+        ) from exc
+    try:
+        model = build_from_spec(spec, manifest.in_channels)
+    except Exception as exc:
+        raise BundleError(
+            f"{bundle / MANIFEST_NAME}: cannot build the {stage} from manifest.{stage} "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = " ".join(lines[1:4]) if len(lines) > 1 else lines[0] if lines else ""
+        raise BundleError(
+            f"{wpath} does not match the {stage} described in the manifest "
+            f"(arch {spec.arch!r}, encoder {spec.encoder!r}, {spec.num_outputs} outputs, "
+            f"in_channels {manifest.in_channels}): {detail[:600]}"
+        ) from exc
+    return model.to(device).eval()
+
+
+def load_bundle(path: str | os.PathLike, device: str = "cpu") -> LoadedBundle:
+    """Rebuild a bundle's networks from its manifest and weights (no network, no unpickling)."""
+    manifest = read_manifest(path)
+    p = Path(path)
+    bundle = p.parent if p.is_file() else p
+    if manifest.classifier is None and manifest.segmenter is None:
+        raise BundleError(f"{bundle / MANIFEST_NAME} describes no classifier and no segmenter")
+    classifier = _load_stage(bundle, manifest, "classifier", device)
+    segmenter = _load_stage(bundle, manifest, "segmenter", device)
+    return LoadedBundle(manifest, classifier, segmenter, bundle)
+
+
+load_model = load_bundle
+
+
+def update_manifest(path: str | os.PathLike, **changes: Any) -> ModelManifest:
+    """Change top-level manifest fields (e.g. ``postprocess=...``, ``metrics=...``) atomically.
+
+    Values may be pydantic models or plain dicts; the result is validated before it is written.
+    """
+    manifest = read_manifest(path)
+    p = Path(path)
+    bundle = p.parent if p.is_file() else p
+    unknown = sorted(set(changes) - set(ModelManifest.model_fields))
+    if unknown:
+        raise BundleError(f"{bundle / MANIFEST_NAME}: unknown manifest field(s) {unknown}")
+    data = manifest.model_dump()
+    for key, value in changes.items():
+        data[key] = value.model_dump() if isinstance(value, BaseModel) else value
+    try:
+        new = ModelManifest.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(
+            f"{bundle / MANIFEST_NAME}: update is invalid: {_format_validation(exc)}"
+        ) from exc
+    _write_json_atomic(bundle / MANIFEST_NAME, new.model_dump_json(indent=2))
+    return new
