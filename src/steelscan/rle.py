@@ -23,14 +23,16 @@ def _is_empty(rle: object) -> bool:
 
 
 def parse(rle: str | float | None, shape: tuple[int, int] = (256, 1600)) -> np.ndarray:
-    """Validate an RLE string and return its runs as an (N, 2) int64 array of 1-based starts, lengths."""
+    """Validate an RLE string; return its runs as an (N, 2) int64 array of (start, length)."""
     if _is_empty(rle):
         return np.zeros((0, 2), dtype=np.int64)
     if not isinstance(rle, str):
         raise ValueError(f"RLE must be a string, got {type(rle).__name__}")
     tokens = rle.split()
     if len(tokens) % 2:
-        raise ValueError(f"RLE has an odd number of values ({len(tokens)}); expected start/length pairs")
+        raise ValueError(
+            f"RLE has an odd number of values ({len(tokens)}); expected start/length pairs"
+        )
     bad = [t for t in tokens if not _INT.match(t)]
     if bad:
         raise ValueError(f"RLE holds a non-integer value {bad[0]!r}")
@@ -48,14 +50,15 @@ def parse(rle: str | float | None, shape: tuple[int, int] = (256, 1600)) -> np.n
         if back.any():
             i = int(np.argmax(back)) + 1
             raise ValueError(
-                f"RLE run {i + 1} (start {starts[i]}) overlaps or goes back before the end of run {i} "
-                f"(pixel {ends[i - 1] - 1})"
+                f"RLE run {i + 1} (start {starts[i]}) overlaps or goes back before the end of "
+                f"run {i} (pixel {ends[i - 1] - 1})"
             )
     h, w = shape
     total = h * w
     if ends[-1] - 1 > total:
         raise ValueError(
-            f"RLE run {len(starts)} ends at pixel {ends[-1] - 1}, past the {h}x{w} image ({total} pixels)"
+            f"RLE run {len(starts)} ends at pixel {ends[-1] - 1}, past the {h}x{w} image "
+            f"(height x width, {total} pixels)"
         )
     return runs
 
@@ -79,7 +82,7 @@ def area(rle: str | float | None, shape: tuple[int, int] = (256, 1600)) -> int:
 
 
 def encode(mask: np.ndarray) -> str:
-    """Encode an (H, W) mask (any nonzero pixel is set) as a Kaggle RLE string; empty gives ``""``."""
+    """Encode an (H, W) mask (any nonzero pixel is set) as a Kaggle RLE string; empty -> ``""``."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"encode expects a 2-D (H, W) mask, got shape {mask.shape}")

@@ -197,7 +197,8 @@ def scan_severstal(
     """Read the folder and return the dataset plus EVERY problem found (never raises on data).
 
     ``validate=False`` skips the per-row RLE checks and the image-size consistency check (the
-    expensive or paranoid ones); structural problems are still reported.
+    expensive or paranoid ones); structural problems are still reported. Records are sorted
+    by image id; an image no CSV mentions is a defect-free record named by its file.
     """
     root = Path(root)
     csv_path = root / "train.csv"

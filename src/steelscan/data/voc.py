@@ -113,7 +113,9 @@ def _convert(
     return Box(index, x1, y1, x2, y2), None
 
 
-def _image_labels(root: Path, classes: tuple[str, ...], ids: set[str]):
+def _image_labels(
+    root: Path, classes: tuple[str, ...], ids: set[str]
+) -> tuple[dict[str, int], list[DataProblem]]:
     """Optional ``labels.csv`` (``image,label``): the image-level class of each image."""
     path = root / "labels.csv"
     out: dict[str, int] = {}
@@ -239,7 +241,7 @@ def scan_voc(root: Path, *, validate: bool = True) -> tuple[Dataset, list[DataPr
 
     image_labels, probs = _image_labels(root, classes, {r.image_id for r in records})
     problems += probs
-    for r in records:
+    for r in records:  # labels = every class seen in the image, boxes and image-level label
         if r.image_id in image_labels:
             r.labels = frozenset(r.labels or ()) | {image_labels[r.image_id]}
             r.has_defect = True
