@@ -1,9 +1,37 @@
-"""Commands registered by this module (filled in by its owner)."""
+"""`steelscan evaluate`: score a model on a labelled dataset and write a report."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def evaluate(
+    model_dir: Path = typer.Argument(..., help="Model bundle directory."),
+    data: Path = typer.Argument(..., help="Labelled dataset (Severstal or VOC layout)."),
+    out: Path = typer.Option(..., "--out", help="Folder for report.md, plots and metrics.json."),
+    split: str = typer.Option(
+        "val", "--split", help="'val': the model's own validation split; 'all': every image."
+    ),
+    engine: str = typer.Option("torch", "--engine", help="Inference engine: torch or onnx."),
+    gate: str | None = typer.Option(None, "--gate", help="Override gate mode: hard|soft|none."),
+) -> None:
+    """Gate accuracy, ROC-AUC, confusion matrix, recall-0.99 threshold; Kaggle score, Dice per
+    class and the all-empty baseline; box mAP@0.5 for box datasets."""
+    from steelscan.evaluation.evaluate import evaluate as run_evaluate
+
+    m = run_evaluate(model_dir, data, out, split=split, engine=engine, gate_mode=gate)
+    seg = m["segmentation"]
+    typer.echo(f"{m['n_images']} images ({split})")
+    typer.echo(f"mean Dice on non-empty pairs {seg['dice_nonempty']:.4f}")
+    typer.echo(f"Kaggle score {seg['score']:.4f}  (all-empty baseline {seg['empty_baseline']:.4f})")
+    if m["gate"] is not None:
+        typer.echo(f"gate accuracy {m['gate']['defect']['accuracy']:.4f}")
+    if m["boxes"] is not None:
+        typer.echo(f"box mAP@0.5 {m['boxes']['map50']:.4f}")
+    typer.echo(f"report: {m['report']}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    app.command("evaluate")(evaluate)

@@ -1,9 +1,35 @@
-"""Commands registered by this module (filled in by its owner)."""
+"""`steelscan tune`: search per-class thresholds and minimum areas on validation."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def tune(
+    model_dir: Path = typer.Argument(..., help="Model bundle directory (from `steelscan train`)."),
+    data: Path = typer.Argument(..., help="Labelled dataset the model was trained on."),
+    split: str = typer.Option(
+        "val", "--split", help="'val': the model's own validation split; 'all': every image."
+    ),
+    gate: str | None = typer.Option(
+        None, "--gate", help="Gate mode to tune for (hard|soft|none); default: the bundle's."
+    ),
+) -> None:
+    """Tune classifier thresholds, pixel thresholds and minimum areas to maximise the Kaggle
+    score on validation; write them into the bundle and print the score before and after."""
+    from steelscan.evaluation.evaluate import tune as run_tune
+
+    before, after, pp = run_tune(model_dir, data, split=split, gate_mode=gate)
+    typer.echo(f"Kaggle score on {split}: before {before:.4f} -> after {after:.4f}")
+    typer.echo(f"  gate mode          {pp.gate_mode} (gate threshold {pp.gate_threshold:.3f})")
+    typer.echo(f"  class thresholds   {[round(x, 3) for x in pp.class_thresholds]}")
+    typer.echo(f"  pixel thresholds   {[round(x, 3) for x in pp.pixel_thresholds]}")
+    typer.echo(f"  min areas          {pp.min_areas}")
+    typer.echo(f"  min component area {pp.min_component_areas}")
+    typer.echo(f"written to {model_dir}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    app.command("tune")(tune)
