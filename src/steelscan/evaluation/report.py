@@ -205,7 +205,7 @@ def _plot_seg(seg: dict[str, Any], out: Path) -> str:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("Dice")
     ax.set_title("Segmentation Dice per class")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save_fig(fig, out / "seg_dice.png").name
 
 
