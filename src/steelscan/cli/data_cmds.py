@@ -11,7 +11,9 @@ data_app = typer.Typer(help="Check, synthesise and explore datasets.", no_args_i
 
 @data_app.command("check")
 def check(
-    data: Path = typer.Argument(..., help="Dataset folder (Severstal layout or Pascal VOC layout)."),
+    data: Path = typer.Argument(
+        ..., help="Dataset folder (Severstal layout or Pascal VOC layout)."
+    ),
 ) -> None:
     """Report every problem in a dataset at once; exit non-zero if there is any."""
     from steelscan.data.check import check_dataset
@@ -27,7 +29,9 @@ def check(
 
 @data_app.command("synth")
 def synth(
-    out: Path = typer.Option(..., "--out", help="Folder to write the Severstal-layout dataset into."),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder to write the Severstal-layout dataset into."
+    ),
     n: int = typer.Option(200, "--n", min=1, help="Number of images."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
     height: int = typer.Option(256, "--height", min=32, help="Image height in pixels."),
