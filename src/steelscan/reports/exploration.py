@@ -153,12 +153,13 @@ def pick_gallery(ds: Dataset, n: int, seed: int = 0) -> list[AnnotatedImage]:
     buckets.append(order)  # then anything, to fill up
     chosen: list[AnnotatedImage] = []
     seen: set[str] = set()
-    while len(chosen) < min(n, len(order)):
+    want = min(n, len(order))
+    while len(chosen) < want:
         progressed = False
         for bucket in buckets:
             while bucket and bucket[0].image_id in seen:
                 bucket.pop(0)
-            if bucket and len(chosen) < n:
+            if bucket and len(chosen) < want:
                 rec = bucket.pop(0)
                 chosen.append(rec)
                 seen.add(rec.image_id)
