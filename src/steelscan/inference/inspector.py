@@ -36,18 +36,17 @@ class WrongImageSize(ValueError):
 
 
 def any_defect(class_probs: np.ndarray) -> float:
-    """P(any defect) from independent per-class probabilities (multi-label classifier)."""
+    """P(any defect) from a multi-label classifier's per-class probabilities.
+
+    Uses the model layer's definition (the max, so the gate threshold and class thresholds stay
+    comparable) when it is importable, and the same rule otherwise.
+    """
+    p = np.asarray(class_probs, dtype=np.float32)
     try:
         from steelscan.models.factory import any_defect_probability
     except ImportError:
-        any_defect_probability = None
-    p = np.asarray(class_probs, dtype=np.float64)
-    if any_defect_probability is not None:
-        try:
-            return float(np.asarray(any_defect_probability(p[None]))[0])
-        except Exception:  # noqa: BLE001 - fall back to the textbook formula on any signature mismatch
-            pass
-    return float(1.0 - np.prod(1.0 - p))
+        return float(p.max()) if p.size else 0.0
+    return float(np.asarray(any_defect_probability(p[None]))[0])
 
 
 class Inspector:

@@ -134,6 +134,9 @@ class PredictionWriter:
         image: np.ndarray | None = None,
         truth: AnnotatedImage | None = None,
     ) -> None:
+        if result.error is not None:  # a streaming producer reports failures as results
+            self.write_error(result.image_id, path, result.error)
+            return
         for c in result.classes:
             self._sub.writerow([result.image_id, c.rle(), c.class_id])
         record: dict[str, Any] = result.to_dict()
