@@ -8,6 +8,7 @@ model directory, an input path that does not exist, an unknown engine).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -93,7 +94,7 @@ def predict(
         def report_error(item, message: str) -> None:
             writer.write_error(item.image_id, item.path, message)
             failed.append(item.image_id)
-            tqdm.write(typer.style(f"error: {message}", fg=typer.colors.RED), file=None)
+            tqdm.write(typer.style(f"error: {message}", fg=typer.colors.RED), file=sys.stderr)
 
         bar = tqdm(total=len(resolved.images), unit="img", desc="predict", dynamic_ncols=True)
         for chunk in _chunks(resolved.images, batch_size):
