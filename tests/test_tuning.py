@@ -161,6 +161,8 @@ def test_tuning_improves_and_is_consistent(mode):
     assert all(a > 0 for a in tuned.min_component_areas)  # the confident specks are filtered
     if mode == "soft":
         assert tuned.class_thresholds == base.class_thresholds  # unused in soft mode
+    else:  # the inspector's any-defect gate must not undo a lowered class threshold
+        assert tuned.gate_threshold <= min(tuned.class_thresholds)
 
 
 def test_tuning_never_worse_than_base():

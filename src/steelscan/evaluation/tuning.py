@@ -234,6 +234,11 @@ def tune_postprocess(
             tuned.min_component_areas[c] = base.min_component_areas[c]
             tuned.min_areas[c] = base.min_areas[c]
             after_cls[c] = before_cls[c]
+    if mode == "hard":
+        # The inspector skips segmentation when P(any defect) (the max class probability) is under
+        # gate_threshold. At or below every class threshold that gate never removes a class that
+        # apply() keeps, so what inference does equals what was scored here.
+        tuned.gate_threshold = float(min(base.gate_threshold, *tuned.class_thresholds))
     before, after = float(before_cls.mean()), float(after_cls.mean())
     if progress:
         print(f"post-processing tuned: Kaggle score {before:.4f} -> {after:.4f}", file=sys.stderr)
