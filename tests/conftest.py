@@ -73,3 +73,139 @@ def trained_bundle(tmp_path_factory, synth_small) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "model"
     cfg = TrainConfig.tiny()
     return train(synth_small, out, cfg)
+
+
+# -- inspection service (tests/test_service.py, tests/test_web.py) ------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def service_images(tmp_path_factory, trained_bundle) -> list[Path]:
+    """Real Severstal images (JPEG and PNG) resized to the tiny model's size; synthetic without
+    ../shared. The tiny model is trained at a reduced size, so full-size images are 'wrong size'."""
+    import json
+
+    from PIL import Image
+
+    meta = json.loads((trained_bundle / "manifest.json").read_text())
+    size = (meta["image_width"], meta["image_height"])
+    src = sorted((SHARED / "data" / "severstal" / "images").glob("*.jpg"))[:3]
+    if not src:
+        from steelscan.data.synthetic import synthesize
+
+        root = synthesize(
+            tmp_path_factory.mktemp("svc_synth"),
+            n=3,
+            seed=5,
+            height=size[1],
+            width=size[0],
+            progress=False,
+        )
+        src = sorted((root / "train_images").glob("*.jpg"))
+    out = tmp_path_factory.mktemp("service_images")
+    paths = []
+    for i, p in enumerate(src):
+        img = Image.open(p).convert("RGB").resize(size, Image.Resampling.BILINEAR)
+        dst = out / (p.stem + (".png" if i == 1 else ".jpg"))
+        img.save(dst)
+        paths.append(dst)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def service_bundle(tmp_path_factory, trained_bundle, service_images) -> Path:
+    """A copy of ``trained_bundle`` whose thresholds make its masks non-empty on the test images.
+
+    The tiny model is barely trained, so at its tuned thresholds it finds nothing; the service
+    tests need real masks to check RLE, areas and boxes. Pixel thresholds are set at each class's
+    97th percentile of mask probability on the test images; class 4 is made never present (its
+    presence threshold is above 1) so 'present after gating' and candidate masks are exercised.
+    """
+    import shutil
+
+    import numpy as np
+
+    from steelscan.imageio import read_image
+    from steelscan.inference.inspector import Inspector
+    from steelscan.manifest import ModelManifest
+
+    dst = tmp_path_factory.mktemp("service_bundle") / "model"
+    shutil.copytree(trained_bundle, dst)
+    insp = Inspector(dst)
+    raws = insp.raw([read_image(p) for p in service_images], skip_gated=False)
+    probs = np.stack([r.mask_probs for r in raws])  # (N, K, H, W)
+    k = probs.shape[1]
+    pixel = [float(np.quantile(probs[:, i], 0.97)) for i in range(k)]
+    manifest = ModelManifest.model_validate_json((dst / "manifest.json").read_text())
+    pp = manifest.postprocess.model_copy(
+        update={
+            "gate_mode": "hard",
+            "gate_threshold": 0.0,
+            "class_thresholds": [0.0] * (k - 1) + [1.5],
+            "pixel_thresholds": pixel,
+            "min_areas": [0] * k,
+            "min_component_areas": [0] * k,
+        }
+    )
+    manifest = manifest.model_copy(update={"postprocess": pp, "name": "service-test-model"})
+    (dst / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def service_url(service_bundle, tmp_path_factory):
+    """A real ``steelscan serve`` process on 127.0.0.1 (upload limit 2 MB, queue bound 1)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("service_log") / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "steelscan",
+        "serve",
+        str(service_bundle),
+        "--port",
+        str(port),
+        "--max-upload-mb",
+        "2",
+        "--max-queue",
+        "1",
+        "--max-batch",
+        "8",
+        "--log-level",
+        "warning",
+    ]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"steelscan serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"steelscan serve did not answer /health in time:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

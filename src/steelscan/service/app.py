@@ -156,13 +156,13 @@ def _overlay_png(image: np.ndarray, result: InspectionResult) -> bytes:
 
 def load_service(model_dir: str | Path, engine: str = "torch") -> InspectionService:
     """Load the bundle once; raises the bundle's own clear errors (BundleError, ValueError)."""
-    from steelscan.inference.inspector import Inspector
-
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise FileNotFoundError(f"{model_dir}: model bundle directory not found")
     if not model_dir.is_dir():
         raise NotADirectoryError(f"{model_dir}: not a directory (expected a model bundle folder)")
+    from steelscan.inference.inspector import Inspector  # imports torch: after the cheap checks
+
     inspector = Inspector(model_dir, engine=engine, strict_size=True)
     return InspectionService(
         inspector, version=bundle_version(model_dir, inspector.manifest), engine=engine
@@ -309,7 +309,14 @@ async def read_uploads(request: Request, *, default_name: str, max_files: int) -
     """The images of a request: every file part of a multipart form, or the raw body."""
     ctype = request.headers.get("content-type", "")
     if ctype.lower().startswith("multipart/form-data"):
-        form = await request.form(max_files=max_files, max_fields=max_files + 16)
+        try:
+            form = await request.form(max_files=max_files, max_fields=max_files + 16)
+        except StarletteHTTPException as exc:
+            if "too many files" in str(exc.detail).lower():
+                hint = "; use /v1/inspect/batch for several" if max_files == 1 else ""
+                message = f"more than {max_files} image(s) in one request{hint}"
+                raise ApiError(422, "too_many_images", message) from exc
+            raise
         uploads = []
         try:
             for _field, value in form.multi_items():
@@ -522,10 +529,6 @@ def create_app(service: InspectionService, config: ServiceConfig | None = None) 
         """One JPEG or PNG image (multipart file or raw body) -> per-class verdicts and masks."""
         t0 = time.perf_counter()
         uploads = await read_uploads(request, default_name=image_id or "upload", max_files=1)
-        if len(uploads) > 1:
-            raise ApiError(
-                422, "too_many_images", "send one image here; use /v1/inspect/batch for several"
-            )
         if image_id:
             uploads[0].name = image_id
         refuse_if_full()
@@ -565,12 +568,6 @@ def create_app(service: InspectionService, config: ServiceConfig | None = None) 
                 f"{ctype or 'no content type'})",
             )
         uploads = await read_uploads(request, default_name="image", max_files=config.max_batch)
-        if len(uploads) > config.max_batch:
-            raise ApiError(
-                422,
-                "too_many_images",
-                f"{len(uploads)} images in one batch; the limit is {config.max_batch}",
-            )
         refuse_if_full()
         items, decode_ms = await decode_all(uploads)
         results, queue_ms, infer_ms = await run_inspection(

@@ -88,6 +88,7 @@ class ModelClassOut(BaseModel):
     index: int = Field(description="0-based position in the model's outputs")
     class_id: int
     name: str
+    color: str | None = Field(None, description="#rrggbb used for this class in overlays")
     class_threshold: float = Field(description="presence threshold on the classifier probability")
     pixel_threshold: float
     min_area: int
