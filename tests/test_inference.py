@@ -367,3 +367,20 @@ def test_writer_leaves_nothing_behind_on_a_crash(tmp_path, inspector, images):
         "predictions.jsonl",
         "submission.csv",
     ]
+
+
+# -- with a model the project trained itself ------------------------------------------------------
+def test_trained_bundle_inspects_real_and_synthetic_images(trained_bundle, synth_small, images):
+    """The bundle `steelscan train` writes (tuned post-processing included) runs unchanged."""
+    from steelscan.data import load_dataset
+
+    ins = Inspector(trained_bundle, device="cpu")
+    assert ins.postprocess == ins.manifest.postprocess
+    recs = load_dataset(synth_small).records[:2]
+    synth = [(r.image_id, read_image(r.path)) for r in recs]
+    real = [("real.jpg", images[1])]  # 256x1600 while trained at 128x800: padded, not resized
+    for (image_id, img), res in zip(synth + real, ins.inspect_batch(synth + real), strict=True):
+        assert res.image_id == image_id and (res.height, res.width) == img.shape[:2]
+        for c in res.classes:
+            assert c.mask.shape == img.shape[:2] and c.area == int(c.mask.sum())
+            np.testing.assert_array_equal(rle.decode(c.rle(), c.mask.shape), c.mask)

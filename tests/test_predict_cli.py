@@ -176,3 +176,17 @@ def test_predict_user_errors_are_one_clear_line(
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out" / "submission.csv").exists()
+
+
+def test_predict_engine_options_tta_gate_and_summary(tmp_path, severstal_dir, model_dir, capsys):
+    img = tmp_path / "strip.png"
+    Image.open(severstal_dir / "images" / IMAGES[1]).crop((0, 0, 384, 256)).save(img)
+    out = tmp_path / "out"
+    args = ["predict", model_dir, img, "--out", out, "--tta", "--channels-last", "--gate", "hard"]
+    assert run(args + ["--batch-size", "1", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "images inspected: 1" in text and "img/s" in text
+    (record,) = _jsonl(out)
+    assert (record["height"], record["width"]) == (256, 384)  # any size: padded, cropped back
+    assert len(_submission(out)) == 4
+    assert run(["predict", model_dir, img, "--out", out, "--gate", "maybe"]) == 2
