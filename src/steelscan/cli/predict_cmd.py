@@ -40,7 +40,13 @@ def predict(
     int8: bool = typer.Option(False, "--int8", help="onnx engine: run the int8 model."),
     device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1."),
 ) -> None:
-    """Inspect images with a trained model; writes one result per image, each image once."""
+    """Inspect images with a trained model; writes one result per image, each image once.
+
+    Writes submission.csv (Kaggle ImageId,EncodedPixels,ClassId), predictions.jsonl, errors.csv
+    and, with --overlays, overlays/<id>.png. Exit status 0: every image inspected; 1: some
+    images failed (the rest are written; failures are in errors.csv); 2: nothing ran (missing or
+    broken model, input path not found, bad option).
+    """
     from tqdm import tqdm
 
     from steelscan.cli.common import fail
