@@ -364,10 +364,11 @@ def plot_gallery(ds: Dataset, records: list[AnnotatedImage], path: Path, progres
     fig = _figure(cell_w * cols, cell_h * rows + 0.6)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     bar = tqdm(records, desc="reading images", unit="img", disable=not progress)
-    for ax, rec in zip(axes, bar, strict=False):
+    for i, rec in enumerate(bar):  # iterate the bar itself so it reaches 100% and closes
+        ax = axes[i]
         image = _annotated(rec, colors)
         ax.imshow(image, interpolation="antialiased")
-        present = [names[i] for i, p in enumerate(rec.present) if p]
+        present = [names[k] for k, p in enumerate(rec.present) if p]
         ax.set_title(f"{rec.image_id}: {', '.join(present) or 'clean'}", fontsize=9, loc="left")
         ax.set_axis_off()
     for ax in axes[len(records) :]:
