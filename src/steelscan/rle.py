@@ -33,10 +33,13 @@ def parse(rle: str | float | None, shape: tuple[int, int] = (256, 1600)) -> np.n
         raise ValueError(
             f"RLE has an odd number of values ({len(tokens)}); expected start/length pairs"
         )
-    bad = [t for t in tokens if not _INT.match(t)]
-    if bad:
-        raise ValueError(f"RLE holds a non-integer value {bad[0]!r}")
-    runs = np.asarray(tokens, dtype=np.int64).reshape(-1, 2)
+    try:  # NumPy's own conversion is ~10x faster than checking each token in Python
+        if "-" in rle or "+" in rle:  # signs are not digits; NumPy would accept them
+            raise ValueError
+        runs = np.asarray(tokens, dtype=np.int64).reshape(-1, 2)
+    except (ValueError, OverflowError):
+        bad = next((t for t in tokens if not _INT.match(t)), tokens[0])
+        raise ValueError(f"RLE holds a non-integer value {bad!r}") from None
     starts, lengths = runs[:, 0], runs[:, 1]
     if (starts < 1).any():
         i = int(np.argmax(starts < 1))
@@ -64,16 +67,25 @@ def parse(rle: str | float | None, shape: tuple[int, int] = (256, 1600)) -> np.n
 
 
 def decode(rle: str | float | None, shape: tuple[int, int] = (256, 1600)) -> np.ndarray:
-    """Decode a Kaggle RLE string into a uint8 mask of ``shape`` (H, W); empty/NaN gives zeros."""
+    """Decode a Kaggle RLE string into a uint8 mask of ``shape`` (H, W); empty/NaN gives zeros.
+
+    One ``np.repeat`` of alternating 0/1 values by (gap, run) lengths fills a (W, H) buffer whose
+    C order *is* Kaggle's pixel order, and the transposed view is returned (Fortran-ordered;
+    use ``np.ascontiguousarray`` where a C-ordered array is required, e.g. by OpenCV).
+    """
     h, w = shape
     runs = parse(rle, shape)
     if len(runs) == 0:
         return np.zeros((h, w), dtype=np.uint8)
-    edges = np.zeros(h * w + 1, dtype=np.int8)
-    np.add.at(edges, runs[:, 0] - 1, 1)
-    np.add.at(edges, runs[:, 0] + runs[:, 1] - 1, -1)
-    flat = np.cumsum(edges[:-1], dtype=np.int8).astype(np.uint8)
-    return flat.reshape(w, h).T.copy()
+    starts, lengths = runs[:, 0] - 1, runs[:, 1]
+    ends = starts + lengths
+    counts = np.empty(2 * len(runs) + 1, dtype=np.int64)  # gap, run, gap, run, ..., tail
+    counts[0:-1:2] = starts - np.concatenate(([0], ends[:-1]))
+    counts[1::2] = lengths
+    counts[-1] = h * w - ends[-1]
+    values = np.zeros(len(counts), dtype=np.uint8)
+    values[1::2] = 1
+    return np.repeat(values, counts).reshape(w, h).T
 
 
 def area(rle: str | float | None, shape: tuple[int, int] = (256, 1600)) -> int:
