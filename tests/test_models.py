@@ -380,3 +380,35 @@ def test_imagenet_offline_fails_at_once_with_alternatives(monkeypatch, tmp_path)
         assert "--encoder-weights none" in msg and "mobilenet_v2-b0353104.pth" in msg
         assert "offline" in msg
         assert constants.HF_HUB_OFFLINE == flag_before  # the temporary offline flag is undone
+
+
+@pytest.mark.parametrize("grid", [2, 4])
+def test_grid_pool_equals_adaptive_pool_and_exports_with_dynamic_size(grid, tmp_path) -> None:
+    """The classic gate's pooling: PyTorch's adaptive bins, exportable to ONNX at any size."""
+    import warnings
+
+    import onnxruntime as ort
+
+    from steelscan.models.classic import GridAvgPool
+
+    pool = GridAvgPool(grid)
+    for hw in [(8, 8), (7, 7), (8, 50), (2, 3), (1, 1)]:
+        x = torch.randn(2, 5, *hw)
+        assert torch.allclose(pool(x), nn.AdaptiveAvgPool2d(grid)(x), atol=1e-6)
+    path = tmp_path / "pool.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            pool,
+            torch.randn(1, 5, 8, 8),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n"}},
+        )
+    session = ort.InferenceSession(str(path))
+    for hw in [(7, 7), (8, 50), (2, 3)]:
+        x = torch.randn(3, 5, *hw)
+        got = session.run(None, {"x": x.numpy()})[0]
+        np.testing.assert_allclose(got, nn.AdaptiveAvgPool2d(grid)(x).numpy(), atol=1e-6)

@@ -94,12 +94,13 @@ def _weights_args(encoder_weights: Any, weights_sha256: str | None) -> str | Pat
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad bottom/right so H and W are multiples of ``multiple`` (0 = the mean colour after
-    normalisation)."""
+    normalisation).
+
+    Padding is unconditional (a zero pad when already aligned) so that a traced ONNX export keeps
+    it as shape arithmetic instead of freezing the branch taken by the example input.
+    """
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph))
-    return x
+    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
 
 
 # --------------------------------------------------------------------------- segmenter wrapper
