@@ -46,6 +46,11 @@ function hexToRgb(hex) {
   return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
 }
 
+// "class 3" when the model's class names are just the ids (Severstal), else "3 · scratches".
+function classLabel(c) {
+  return c.name === String(c.class_id) ? `class ${c.class_id}` : `${c.class_id} · ${c.name}`;
+}
+
 function colorOf(index) {
   const c = state.classes[index] && state.classes[index].color;
   return c || FALLBACK_COLORS[index % FALLBACK_COLORS.length];
@@ -102,7 +107,7 @@ function buildLegend() {
     sw.className = "swatch";
     sw.style.background = colorOf(c.index);
     const text = document.createElement("span");
-    text.textContent = `${c.class_id} · ${c.name}`;
+    text.textContent = classLabel(c);
     text.title = `tuned presence threshold ${c.class_threshold.toFixed(2)}`;
     label.append(box, sw, text);
     li.append(label);
@@ -250,7 +255,7 @@ function renderTable(card, rows) {
     const sw = document.createElement("span");
     sw.className = "swatch";
     sw.style.background = colorOf(k);
-    name.append(sw, document.createTextNode(` ${cls.class_id} · ${cls.name}`));
+    name.append(sw, document.createTextNode(` ${classLabel(cls)}`));
     const prob = tr.insertCell();
     prob.className = "num";
     prob.textContent = `${(cls.probability * 100).toFixed(1)}%`;
@@ -336,9 +341,11 @@ function wire() {
   const slider = $("#threshold");
   const out = $("#threshold-value");
   const useModel = $("#use-model-thresholds");
+  slider.classList.add("inactive");
   const syncThreshold = () => {
     out.textContent = state.useModel ? "model" : state.threshold.toFixed(2);
     useModel.checked = state.useModel;
+    slider.classList.toggle("inactive", state.useModel);
     renderAll();
   };
   slider.addEventListener("input", () => {
