@@ -285,9 +285,12 @@ def create_segmenter(
             kwargs["aux_params"] = dict(classes=int(num_classes), dropout=aux_dropout)
         kwargs.update(build_opts)
         if weights == "imagenet":
+            # smp wants True for timm ("tu-") encoders (their default pretrained tag) and the
+            # registry key "imagenet" for its own encoders.
+            smp_weights: Any = True if encoder.startswith("tu-") else "imagenet"
             with imagenet_download(f"segmenter encoder {encoder!r}"):
                 net = smp.create_model(
-                    arch_l, encoder_name=encoder, encoder_weights="imagenet", **kwargs
+                    arch_l, encoder_name=encoder, encoder_weights=smp_weights, **kwargs
                 )
         else:
             net = smp.create_model(arch_l, encoder_name=encoder, encoder_weights=None, **kwargs)
