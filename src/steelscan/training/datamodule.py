@@ -1,0 +1,204 @@
+"""Lightning data module over steelscan :class:`~steelscan.data.records.Dataset` records.
+
+Each sample is a dict: ``image`` (C, H, W) float32 normalised like inference does it,
+``mask`` (K, H, W) float32, ``presence`` (K,) float32, ``size`` (h, w) of the unpadded image and
+``index`` (position in the split). Images are padded up to a multiple of 32 (reflect, as
+:func:`steelscan.inference.preprocess.to_batch` does) so encoders with 5 down-samplings accept them.
+
+Why the classifier trains on full images (not crops or downscaled images): its label is image-level
+presence, which a crop can lose, and inference classifies the full-resolution image, so training at
+the same scale avoids a train/serve mismatch. The segmenter trains on crops (labels travel with the
+crop) and is validated at full resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from steelscan.data.records import AnnotatedImage
+from steelscan.imageio import read_image
+from steelscan.training.augment import train_transform
+
+PAD_MULTIPLE = 32
+
+
+def channel_stats(
+    mean: Sequence[float], std: Sequence[float], channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean/std; a 1-channel model uses the average of the RGB statistics."""
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if channels == 1 and m.size != 1:
+        m, s = m.mean(keepdims=True), s.mean(keepdims=True)
+    return m, s
+
+
+def _pad_to(x: np.ndarray, h: int, w: int, mode: str) -> np.ndarray:
+    """Pad (C, h0, w0) bottom/right to (C, h, w)."""
+    ph, pw = h - x.shape[1], w - x.shape[2]
+    if ph == 0 and pw == 0:
+        return x
+    if mode == "reflect" and x.shape[1] > ph and x.shape[2] > pw:
+        return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    return np.pad(x, ((0, 0), (0, ph), (0, pw)))
+
+
+class SteelDataset(TorchDataset):
+    """Images + masks of a list of records, optionally augmented (training) or not (validation)."""
+
+    def __init__(
+        self,
+        records: Sequence[AnnotatedImage],
+        *,
+        in_channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_hw: tuple[int, int] | None = None,
+        defect_crop_bias: float = 0.5,
+        augment: bool = False,
+        seed: int | None = None,
+    ):
+        self.records = list(records)
+        self.in_channels = in_channels
+        self.mean, self.std = channel_stats(mean, std, in_channels)
+        self.transform = train_transform(crop_hw, defect_crop_bias, seed=seed) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw (H, W, C) uint8 image and (K, H, W) uint8 masks of record ``i``."""
+        rec = self.records[i]
+        image = read_image(rec.path, channels=self.in_channels)
+        masks = rec.masks()
+        if image.shape[:2] != masks.shape[1:]:
+            raise ValueError(
+                f"{rec.path}: image is {image.shape[1]}x{image.shape[0]} but its annotation says "
+                f"{rec.width}x{rec.height}"
+            )
+        return image, masks
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rec = self.records[i]
+        image, masks = self.load(i)
+        if self.transform is not None:
+            out = self.transform(image=image, masks=list(masks))
+            image, masks = out["image"], np.stack(out["masks"])
+        if image.ndim == 2:
+            image = image[..., None]
+        h, w = image.shape[:2]
+        x = (image.astype(np.float32) / 255.0 - self.mean) / self.std
+        x = x.transpose(2, 0, 1)
+        ph, pw = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
+        x = _pad_to(np.ascontiguousarray(x, dtype=np.float32), ph, pw, "reflect")
+        m = _pad_to(masks.astype(np.float32), ph, pw, "zero")
+        if self.transform is None:
+            # full image: image-level presence (labels/has_defect count even without masks)
+            presence = np.asarray(rec.present, np.float32)
+        else:
+            presence = (masks.reshape(masks.shape[0], -1).max(axis=1) > 0).astype(np.float32)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(x)),
+            "mask": torch.from_numpy(np.ascontiguousarray(m)),
+            "presence": torch.from_numpy(presence),
+            "size": torch.tensor([h, w]),
+            "index": torch.tensor(i),
+        }
+
+
+def seed_worker_augmentations(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream.
+
+    Workers receive copies of one seeded ``A.Compose``; without reseeding, every worker would apply
+    the same augmentation sequence. ``torch.initial_seed()`` differs per worker and per epoch and
+    derives from the seeded main process, so runs stay reproducible.
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is not None and getattr(info.dataset, "transform", None) is not None:
+        info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def pad_collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack samples, zero-padding images/masks of different sizes to the largest in the batch."""
+    H = max(s["image"].shape[1] for s in samples)
+    W = max(s["image"].shape[2] for s in samples)
+    out: dict[str, torch.Tensor] = {}
+    for key in ("image", "mask"):
+        out[key] = torch.stack(
+            [
+                torch.nn.functional.pad(s[key], (0, W - s[key].shape[2], 0, H - s[key].shape[1]))
+                for s in samples
+            ]
+        )
+    for key in ("presence", "size", "index"):
+        out[key] = torch.stack([s[key] for s in samples])
+    return out
+
+
+class SteelDataModule(L.LightningDataModule):
+    """Train/val loaders for one stage.
+
+    ``crop_hw`` (segmenter) crops training images; ``None`` trains on full images (classifier, or
+    datasets smaller than the crop). Validation is always full resolution, batch size 1, so
+    images of different sizes never need to share a batch.
+    """
+
+    def __init__(
+        self,
+        train_records: Sequence[AnnotatedImage],
+        val_records: Sequence[AnnotatedImage],
+        *,
+        in_channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        batch_size: int,
+        crop_hw: tuple[int, int] | None = None,
+        defect_crop_bias: float = 0.5,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.train_records = list(train_records)
+        self.val_records = list(val_records)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.kw = {"in_channels": in_channels, "mean": mean, "std": std}
+        self.crop_hw = crop_hw
+        self.defect_crop_bias = defect_crop_bias
+        self.seed = seed
+
+    def train_dataset(self) -> SteelDataset:
+        return SteelDataset(
+            self.train_records,
+            crop_hw=self.crop_hw,
+            defect_crop_bias=self.defect_crop_bias,
+            augment=True,
+            seed=self.seed,
+            **self.kw,
+        )
+
+    def val_dataset(self) -> SteelDataset:
+        return SteelDataset(self.val_records, augment=False, **self.kw)
+
+    def _loader(self, ds: SteelDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=pad_collate,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and len(ds) > batch_size,
+            worker_init_fn=seed_worker_augmentations if self.num_workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset(), 1, shuffle=False)

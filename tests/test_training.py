@@ -1,0 +1,293 @@
+"""Training: config, data pipeline, Lightning stages, the bundle it writes, resume and the CLI.
+
+Everything trains with ``TrainConfig.tiny()`` (seconds on a CPU); the shared ``trained_bundle``
+fixture is the same run the inference/service tests use.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from steelscan.training import ConfigError, TrainConfig, train
+from steelscan.training.config import preset_path
+
+
+def _tiny(tmp_path: Path, **overrides) -> TrainConfig:
+    return TrainConfig.tiny().with_overrides({"run_dir": str(tmp_path / "runs"), **overrides})
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_packaged_yaml_presets_match_the_code():
+    assert TrainConfig.from_yaml(preset_path("default")) == TrainConfig()
+    assert TrainConfig.from_yaml(preset_path("demo")) == TrainConfig.demo()
+    assert TrainConfig.from_yaml(preset_path("tiny")) == TrainConfig.tiny()
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("seed: 7\nsegmenter:\n  arch: fpn\n  epochs: 3\nmax_minutes: 2.5\n")
+    cfg = TrainConfig.from_yaml(path)
+    assert (cfg.seed, cfg.segmenter.arch, cfg.segmenter.epochs, cfg.max_minutes) == (
+        7,
+        "fpn",
+        3,
+        2.5,
+    )
+    assert cfg.classifier == TrainConfig().classifier  # untouched sections keep their defaults
+    cfg2 = cfg.with_overrides(
+        {"segmenter.loss": "focal", "classifier.lr": "1e-4", "max_minutes": "none", "devices": "2"}
+    )
+    assert cfg2.segmenter.loss == "focal"
+    assert cfg2.classifier.lr == pytest.approx(1e-4)
+    assert cfg2.max_minutes is None and cfg2.devices == 2
+    assert cfg.segmenter.loss == "bce_dice"  # with_overrides returns a copy
+    # round trip through YAML
+    cfg2.to_yaml(tmp_path / "out.yaml")
+    assert TrainConfig.from_yaml(tmp_path / "out.yaml") == cfg2
+
+
+def test_bad_config_keys_and_values_are_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("segmenter:\n  archh: unet\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'segmenter\.archh'"):
+        TrainConfig.from_yaml(bad)
+    bad.write_text("segmenter:\n  loss: hinge\n")
+    with pytest.raises(ConfigError, match=r"segmenter\.loss.*hinge"):
+        TrainConfig.from_yaml(bad)
+    with pytest.raises(ConfigError, match=r"unknown config key 'classifier\.nope'"):
+        TrainConfig().with_overrides({"classifier.nope": 1})
+    with pytest.raises(ConfigError, match="val_fraction"):
+        TrainConfig().with_overrides({"val_fraction": 1.5})
+    with pytest.raises(ConfigError, match="not found"):
+        TrainConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_trainer_gets_time_budget_precision_and_accumulation(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+
+    from steelscan.training.train import build_trainer, stage_time_budgets
+
+    cfg = _tiny(tmp_path, max_minutes=10, accumulate_grad_batches=3)
+    clf_min, seg_min = stage_time_budgets(cfg)
+    assert clf_min + seg_min == pytest.approx(9.0)  # 10% kept for validation + tuning
+    assert clf_min < seg_min
+    trainer = build_trainer(
+        cfg, tmp_path / "s", epochs=5, monitor="val_kaggle", max_minutes=seg_min, progress=False
+    )
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    assert len(timers) == 1 and timers[0]._duration == timedelta(minutes=seg_min).total_seconds()
+    assert trainer.accumulate_grad_batches == 3 and trainer.max_epochs == 5
+    assert trainer.precision == "32-true"
+    ckpt = trainer.checkpoint_callback
+    assert isinstance(ckpt, ModelCheckpoint) and ckpt.monitor == "val_kaggle" and ckpt.save_last
+    # no budget: no Timer
+    cfg = _tiny(tmp_path)
+    trainer = build_trainer(
+        cfg, tmp_path / "t", epochs=1, monitor="val_kaggle", max_minutes=None, progress=False
+    )
+    assert not any(isinstance(c, Timer) for c in trainer.callbacks)
+    assert TrainConfig(accelerator="cpu").resolved_precision() == "32"
+
+
+# --------------------------------------------------------------------------- data pipeline
+
+
+def test_dataset_samples_crops_presence_and_padding(synth_small):
+    from steelscan.data import load_dataset
+    from steelscan.training.datamodule import SteelDataset, pad_collate
+
+    ds = load_dataset(synth_small)
+    defective = (
+        [r for r in ds.records if r.has_masks_any]
+        if False
+        else [r for r in ds.records if any(r.present)]
+    )
+    assert defective, "synthetic data should contain defects"
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    crops = SteelDataset(
+        defective[:4],
+        in_channels=3,
+        mean=mean,
+        std=std,
+        crop_hw=(64, 128),
+        defect_crop_bias=1.0,
+        augment=True,
+        seed=0,
+    )
+    for i in range(len(crops)):
+        s = crops[i]
+        assert s["image"].shape == (3, 64, 128) and s["mask"].shape == (len(ds.classes), 64, 128)
+        # the crop is centred on a defect pixel, and presence follows the crop's mask
+        assert s["mask"].sum() > 0
+        assert torch.equal(s["presence"], (s["mask"].flatten(1).amax(1) > 0).float())
+    full = SteelDataset(ds.records[:2], in_channels=1, mean=mean, std=std)
+    s = full[0]
+    assert s["image"].shape == (1, 128, 800)  # 128 x 800 is already a multiple of 32
+    assert tuple(s["size"].tolist()) == (128, 800)
+    assert torch.equal(s["presence"], torch.tensor(ds.records[0].present, dtype=torch.float32))
+    raw, _ = full.load(0)
+    expected = (raw[..., 0] / 255.0 - np.mean(mean)) / np.mean(std)
+    np.testing.assert_allclose(s["image"][0].numpy(), expected, atol=1e-5)
+    batch = pad_collate([full[0], full[1]])
+    assert batch["image"].shape == (2, 1, 128, 800) and batch["presence"].shape == (2, 4)
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def test_tiny_training_writes_a_loadable_bundle(trained_bundle):
+    from steelscan.bundle import load_bundle
+
+    b = load_bundle(trained_bundle)
+    m = b.manifest
+    k = m.num_classes
+    assert m.classes and len(m.class_ids) == k and m.in_channels == 3
+    assert (m.image_height, m.image_width) == (128, 800)
+    assert m.classifier is not None and m.segmenter is not None
+    pp = m.postprocess
+    assert len(pp.pixel_thresholds) == len(pp.class_thresholds) == len(pp.min_areas) == k
+    for key in (
+        "kaggle_before_tuning",
+        "kaggle_after_tuning",
+        "kaggle_all_empty_baseline",
+        "gate_accuracy",
+        "mean_dice_nonempty",
+    ):
+        assert key in m.metrics
+    assert m.metrics["kaggle_after_tuning"] >= m.metrics["kaggle_before_tuning"] - 1e-9
+    t = m.training
+    assert t["num_train_images"] + t["num_val_images"] == 32
+    assert t["config"]["segmenter"]["crop_height"] == 128 and t["crop"] == [128, 256]
+    assert set(t["class_counts_train"]) == {*m.classes, "no_defect"}
+    # the rebuilt networks run at full resolution
+    x = torch.zeros(1, 3, 128, 800)
+    with torch.no_grad():
+        assert b.classifier(x).shape == (1, k)
+        assert b.segmenter(x).shape == (1, k, 128, 800)
+    # bundle = manifest + safetensors only; run artefacts live beside it
+    assert {p.suffix for p in trained_bundle.iterdir()} <= {".json", ".safetensors"}
+    runs = trained_bundle.parent / f"{trained_bundle.name}.runs"
+    assert (runs / "segmenter" / "checkpoints" / "last.ckpt").exists()
+    assert (runs / "classifier" / "logs" / "csv" / "metrics.csv").exists()
+    assert not list(trained_bundle.parent.glob(f".{trained_bundle.name}.tmp-*"))
+
+
+def test_resume_continues_from_last_checkpoint(synth_small, tmp_path):
+    cfg = _tiny(tmp_path, **{"classifier.enabled": False, "segmenter.epochs": 1})
+    out = train(synth_small, tmp_path / "model", cfg)
+    first = json.loads((out / "manifest.json").read_text())["metrics"]["segmenter"]
+    assert first["global_steps"] == 4 and first["resumed_from"] is None
+    last = tmp_path / "runs" / "segmenter" / "checkpoints" / "last.ckpt"
+    # Lightning's checkpoint must load without unpickling code
+    assert "state_dict" in torch.load(last, map_location="cpu", weights_only=True)
+    cfg2 = cfg.with_overrides({"resume": True, "segmenter.epochs": 2})
+    out = train(synth_small, tmp_path / "model", cfg2)
+    second = json.loads((out / "manifest.json").read_text())["metrics"]["segmenter"]
+    assert second["resumed_from"] == str(last)
+    assert second["global_steps"] == 8  # continued: 4 steps from epoch 1, 4 new in epoch 2
+    # without --resume the old run is discarded and training starts from step 0
+    out = train(synth_small, tmp_path / "model", cfg)
+    third = json.loads((out / "manifest.json").read_text())["metrics"]["segmenter"]
+    assert third["global_steps"] == 4 and third["resumed_from"] is None
+
+
+def test_failed_training_leaves_no_bundle(synth_small, tmp_path):
+    cfg = _tiny(tmp_path, **{"segmenter.encoder": "no_such_encoder"})
+    out = tmp_path / "model"
+    with pytest.raises(ValueError, match="no_such_encoder"):
+        train(synth_small, out, cfg)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".model.tmp-*"))
+    with pytest.raises(ConfigError, match="nothing to train"):
+        train(
+            synth_small,
+            out,
+            _tiny(tmp_path, **{"classifier.enabled": False, "segmenter.enabled": False}),
+        )
+
+
+def test_a_few_steps_on_real_severstal_images(severstal_dir, tmp_path):
+    """Real 256 x 1600 JPEGs: 256 x 512 crops, validation and tuning at full resolution."""
+    cfg = _tiny(
+        tmp_path,
+        **{
+            "classifier.enabled": False,
+            "segmenter.epochs": 1,
+            "segmenter.crop_height": 256,
+            "segmenter.crop_width": 512,
+            "segmenter.batch_size": 2,
+            "limit_train_batches": 2,
+            "tune_max_images": 3,
+        },
+    )
+    out = train(severstal_dir, tmp_path / "model", cfg)
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["image_height"], m["image_width"]) == (256, 1600)
+    assert m["classifier"] is None and m["postprocess"]["gate_mode"] == "none"
+    assert m["training"]["num_train_images"] + m["training"]["num_val_images"] == 15
+    assert m["metrics"]["segmenter"]["global_steps"] == 2
+    assert 0.0 <= m["metrics"]["kaggle_after_tuning"] <= 1.0
+
+
+def test_voc_images_smaller_than_the_crop_train_on_full_images(neu_dir, tmp_path):
+    """NEU-DET (200 x 200, boxes): the 128 x 256 crop does not fit, so crops are switched off."""
+    sub = tmp_path / "neu"
+    (sub / "images").mkdir(parents=True)
+    (sub / "annotations").mkdir()
+    for cls in ("crazing", "inclusion", "patches", "scratches"):
+        for i in (1, 2, 3):
+            shutil.copy(neu_dir / "images" / f"{cls}_{i}.jpg", sub / "images")
+            shutil.copy(neu_dir / "annotations" / f"{cls}_{i}.xml", sub / "annotations")
+    cfg = _tiny(tmp_path, **{"classifier.epochs": 1, "segmenter.epochs": 1, "val_fraction": 0.34})
+    out = train(sub, tmp_path / "model", cfg)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["crop_height"] is None and m["training"]["crop"] is None
+    assert (m["image_height"], m["image_width"]) == (200, 200)
+    assert m["training"]["layout"] == "voc"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_end_to_end(synth_small, tmp_path):
+    from steelscan.cli import main
+
+    out = tmp_path / "cli_model"
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "train", str(synth_small), "--out", str(out), "--preset", "tiny", "--quiet",
+                "--no-classifier", "--epochs", "1", "--set", f"run_dir={tmp_path / 'runs'}",
+            ]
+        )  # fmt: skip
+    assert exc.value.code == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["classifier"] is None and m["segmenter"]["arch"] == "unet"
+    assert m["training"]["config"]["segmenter"]["epochs"] == 1
+
+
+def test_cli_train_reports_bad_settings_without_traceback(synth_small, tmp_path, capsys):
+    from steelscan.cli import main
+
+    out = tmp_path / "m"
+    for args, message in [
+        (["--set", "segmenter.nope=1"], "unknown config key 'segmenter.nope'"),
+        (["--set", "seed"], "expected key=value"),
+        (["--seg-arch", "transformer"], "segmenter.arch"),
+        (["--config", str(tmp_path / "none.yaml")], "config file not found"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(["train", str(synth_small), "--out", str(out), *args])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not out.exists()
