@@ -27,10 +27,22 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """User-error types of the heavier layers, imported only once an error has happened."""
+    from steelscan.bundle import BundleError
+    from steelscan.inference.inspector import WrongImageSize
+    from steelscan.models.pretrained import PretrainedWeightsError
+    from steelscan.training.config import ConfigError
+
+    return USER_ERRORS + (BundleError, PretrainedWeightsError, ConfigError, WrongImageSize)
+
+
 def run_guarded(app: typer.Typer, argv: list[str]) -> None:
     """Run the typer app; user errors become one red line and exit code 2."""
     try:
         app(args=argv, standalone_mode=True)
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_error_types()):
+            raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
