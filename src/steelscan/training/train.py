@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 import numpy as np
 import torch
 from torch import nn
@@ -134,8 +135,10 @@ def _fit_stage(
     else:
         if cfg.resume:
             log.warning("%s: no checkpoint at %s; training from scratch", name, last)
-        if stage_dir.exists():
-            shutil.rmtree(stage_dir)  # a fresh run must not mix with an old run's checkpoints
+        if stage_dir.exists() and rank_zero_only.rank == 0:
+            # a fresh run must not mix with an old run's checkpoints (rank 0 only: under DDP the
+            # other processes start later and must not delete what rank 0 is writing)
+            shutil.rmtree(stage_dir)
     trainer = build_trainer(
         cfg,
         stage_dir,
@@ -324,7 +327,8 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool |
     height, width = _image_size(ds.records)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(run_dir / "config.yaml")
+    if rank_zero_only.rank == 0:
+        cfg.to_yaml(run_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     clf_minutes, seg_minutes = stage_time_budgets(cfg)
     dm_kw = {
