@@ -291,3 +291,29 @@ def test_cli_train_reports_bad_settings_without_traceback(synth_small, tmp_path,
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_segmenter_aux_head_is_trained_and_metrics_follow_kaggle_rules():
+    from steelscan.models.factory import create_segmenter
+    from steelscan.models.losses import create_loss
+    from steelscan.training.module import OptimSettings, SegmenterModule, pair_dice
+
+    model = create_segmenter(
+        "unet", "tu-mobilenetv3_small_050", 4, aux_head=True, decoder_channels=[16, 16, 8, 8, 8]
+    )
+    module = SegmenterModule(model, create_loss("bce"), OptimSettings(), aux_weight=1.0)
+    batch = {
+        "image": torch.randn(2, 3, 64, 128),
+        "mask": torch.zeros(2, 4, 64, 128),
+        "presence": torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]]),
+    }
+    module._loss(batch).backward()
+    aux_grads = [p.grad for n, p in model.named_parameters() if "classification_head" in n]
+    assert aux_grads and all(g is not None and g.abs().sum() > 0 for g in aux_grads)
+    # Kaggle pair Dice: empty/empty = 1, prediction on empty truth = 0, overlap = 2|A&B|/(|A|+|B|)
+    pred = torch.zeros(3, 4, 4, dtype=torch.bool)
+    truth = torch.zeros(3, 4, 4, dtype=torch.bool)
+    pred[1, 0, 0] = True
+    pred[2, :2] = True
+    truth[2, :1] = True
+    assert pair_dice(pred, truth).tolist() == pytest.approx([1.0, 0.0, 2 * 4 / (8 + 4)])

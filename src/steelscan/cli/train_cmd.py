@@ -22,7 +22,7 @@ Multi-node (run the same command on every node; torchrun or SLURM set the ranks)
   torchrun --nnodes 2 --nproc-per-node 4 --node-rank $RANK --master-addr HOST \\
       -m steelscan train DATA --out model --devices 4 --num-nodes 2 --strategy ddp
 \b
-CPU check of the DDP path: --accelerator cpu --devices 2 --strategy ddp
+CPU check of the DDP path: --accelerator cpu --devices 2 --strategy ddp. More: docs/training.md
 """
 
 

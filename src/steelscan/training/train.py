@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from tqdm import tqdm
 
