@@ -105,6 +105,9 @@ def test_openapi_documents_the_api(client):
     assert {"200", "413", "415", "422", "503"} <= set(responses)
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Swagger UI is served by the app itself (fastapi-offline's files): /docs works offline.
+    assert "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
 
 
 def test_web_page_and_assets_are_served(client):
@@ -270,7 +273,8 @@ def _bad_requests(images: list[Path]) -> list[tuple[str, int, str, dict]]:
             422,
             "no_image",
             dict(
-                content=b'--XyZ\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n--XyZ--\r\n',
+                content=b"--XyZ\r\nContent-Disposition: form-data; name=note\r\n\r\n"
+                b"hi\r\n--XyZ--\r\n",
                 headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
             ),
         ),

@@ -128,6 +128,17 @@ def test_page_shows_overlay_table_toggles_and_threshold(
     page.close()
 
 
+def test_api_docs_render_without_internet(browser, service_url, tmp_path):
+    """The OpenAPI page lists the endpoints; its assets come from the app, not a CDN."""
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.goto(service_url + "/docs")
+    page.get_by_text("/v1/inspect/batch", exact=True).first.wait_for(timeout=30_000)
+    for path in ("/v1/inspect", "/health", "/v1/model"):
+        assert page.get_by_text(path, exact=True).count() >= 1, path
+    page.screenshot(path=str(tmp_path / "docs.png"))
+    page.close()
+
+
 def test_page_reports_a_rejected_upload(browser, service_url, tmp_path):
     page = browser.new_page(viewport={"width": 1366, "height": 800})
     page.goto(service_url + "/")

@@ -29,7 +29,8 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -393,6 +394,20 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
 
 
+def _docs_assets() -> Path | None:
+    """Swagger UI's files from the fastapi-offline package, so /docs works without internet.
+
+    FastAPI's default /docs loads Swagger UI from a CDN, which a plant network or an air-gapped
+    inspection PC cannot reach; without the package we fall back to that default.
+    """
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    static = Path(fastapi_offline.__file__).parent / "static"
+    return static if (static / "swagger-ui-bundle.js").is_file() else None
+
+
 def create_app(service: InspectionService, config: ServiceConfig | None = None) -> FastAPI:
     """Build the app around an already loaded model (tests and ``steelscan serve`` both use it)."""
     config = config or ServiceConfig()
@@ -400,6 +415,7 @@ def create_app(service: InspectionService, config: ServiceConfig | None = None) 
     started = time.time()
     manifest = service.manifest
     channels = manifest.in_channels
+    docs_assets = _docs_assets()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -415,7 +431,22 @@ def create_app(service: InspectionService, config: ServiceConfig | None = None) 
             f"{', '.join(manifest.classes)}. Errors are JSON `{{error, message, status}}`."
         ),
         lifespan=lifespan,
+        docs_url=None if docs_assets else "/docs",
+        redoc_url=None,
     )
+    if docs_assets:
+        app.mount("/docs-assets", StaticFiles(directory=docs_assets), name="docs-assets")
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            return get_swagger_ui_html(
+                openapi_url=app.openapi_url or "/openapi.json",
+                title=f"{app.title} - API docs",
+                swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                swagger_css_url="/docs-assets/swagger-ui.css",
+                swagger_favicon_url="/docs-assets/favicon.png",
+            )
+
     app.state.service = service
     app.state.runner = runner
     app.state.config = config
