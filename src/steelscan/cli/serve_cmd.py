@@ -30,8 +30,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the inspection API (/docs) and the web page (/) for one model bundle.
 
-        The model is loaded once, before the server starts listening: a missing or broken bundle
-        stops here with a message and exit status 2.
+        Loads the model once, before listening: a missing or broken bundle exits with status 2.
         """
         import uvicorn
 
