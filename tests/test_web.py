@@ -120,6 +120,14 @@ def test_page_shows_overlay_table_toggles_and_threshold(
         h, w = results[0]["height"], results[0]["width"]
         assert int(rle.decode(encoded, (h, w)).sum()) == c["area"]
 
+    # Several images at once (choose or drop many): each gets its card, all finish.
+    page.set_input_files("#file-input", [str(p) for p in service_images])
+    page.wait_for_function(
+        "document.querySelectorAll('.card[data-status=done]').length === 4", timeout=120_000
+    )
+    titles = page.locator(".card .card-title").all_inner_texts()
+    assert sorted(titles) == sorted([image.name] + [p.name for p in service_images])
+
     shot = tmp_path / "steelscan-web.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

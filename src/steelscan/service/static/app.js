@@ -123,25 +123,52 @@ function addFiles(files) {
     $("#results").prepend(card);
     const item = { file, card, result: null, error: null, bitmap: null, masks: new Map() };
     state.items.unshift(item);
-    inspect(item);
+    pending.push(item);
   }
+  pump();
   updateChrome();
 }
 
+// A few requests at a time, so dropping fifty images does not fill the server's bounded queue.
+const MAX_IN_FLIGHT = 2;
+const MAX_BUSY_RETRIES = 5;
+const pending = [];
+let inFlight = 0;
+
+function pump() {
+  while (inFlight < MAX_IN_FLIGHT && pending.length) {
+    const item = pending.shift();
+    inFlight++;
+    inspect(item).finally(() => {
+      inFlight--;
+      pump();
+    });
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// POST the image; a 503 (queue full) is retried after the server's Retry-After.
+async function postImage(file) {
+  const url = `/v1/inspect?candidates=true&image_id=${encodeURIComponent(file.name)}`;
+  for (let attempt = 0; ; attempt++) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const res = await fetch(url, { method: "POST", body: form });
+    const wait = parseInt(res.headers.get("Retry-After") || "0", 10);
+    if (res.status !== 503 || attempt >= MAX_BUSY_RETRIES) return res;
+    await sleep(Math.max(1, wait) * 1000);
+  }
+}
+
 async function inspect(item) {
-  const form = new FormData();
-  form.append("file", item.file, item.file.name);
   try {
     const [res, bitmap] = await Promise.all([
-      fetch(`/v1/inspect?candidates=true&image_id=${encodeURIComponent(item.file.name)}`,
-            { method: "POST", body: form }),
+      postImage(item.file),
       createImageBitmap(item.file).catch(() => null),
     ]);
     const body = await res.json().catch(() => ({ message: res.statusText }));
-    if (!res.ok) {
-      const wait = res.headers.get("Retry-After");
-      throw new Error(`${res.status}: ${body.message}${wait ? ` (retry in ${wait} s)` : ""}`);
-    }
+    if (!res.ok) throw new Error(`${res.status}: ${body.message}`);
     if (!bitmap) throw new Error("the browser could not display this image");
     item.result = body;
     item.bitmap = bitmap;
@@ -368,6 +395,7 @@ function wire() {
   $("#download-json").addEventListener("click", downloadJson);
   $("#download-csv").addEventListener("click", downloadCsv);
   $("#clear").addEventListener("click", () => {
+    pending.length = 0;
     state.items = [];
     $("#results").replaceChildren();
     updateChrome();
