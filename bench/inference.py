@@ -1,0 +1,434 @@
+"""Benchmark: end-to-end two-stage inspection per engine and precision, against plain eager PyTorch.
+
+Usage (from the repository root):
+
+    .venv/bin/python bench/inference.py --model MODEL_DIR [--export-dir DIR] [--runs 5] [--write]
+
+End to end means decode -> gate -> segment -> post-process -> RLE for real 256x1600 Severstal
+images (``../shared/data/severstal``: the 15 original JPEGs and the 23 re-encoded PNG/JPEGs).
+Every configuration runs on the same model and the same images, in the same process, with the
+runs interleaved (run 1 of every configuration, then run 2, ...) so machine load hits all of them
+alike. Reported per configuration: images/s and the speed-up over the baseline (medians over
+``--runs``), the median per-image latency, peak resident memory, the fraction of images the hard
+gate let skip segmentation, how many (image, class) RLEs equal the torch fp32 ones, and the Kaggle
+score (mean Dice over (image, class) pairs) on the labelled held-out set (``--labelled``, default
+the 15 original JPEGs).
+
+Baseline: plain PyTorch eager fp32, no pipelining, batch 1 (read, inspect, encode, one image after
+the other). The other configurations use :func:`steelscan.inference.batch.iter_predict`.
+
+``--model`` is a trained bundle; ``--train-model`` first trains one there with the recipe used
+for docs/benchmarks.md (:func:`train_bench_model`: Unet/MobileNetV2 segmenter + MobileNetV2 gate,
+ImageNet encoders from ``../shared/weights``, a few epochs on the 23 re-encoded images; minutes on
+a CPU). Without ``--export-dir`` the bundle is exported here (fp32 + int8, calibrated on
+``--calibration``, by default the re-encoded training images; the labelled held-out set is never
+used for calibration). On a CUDA machine the torch engine also runs on the
+GPU (fp32 and bf16 autocast) and ONNX Runtime's CUDA provider is used where installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from steelscan import rle  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data" / "severstal"
+DOC = REPO / "docs" / "benchmarks.md"
+SECTION = "## Inference"
+
+
+# --------------------------------------------------------------------------- measurement helpers
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS:
+    """Samples RSS every 10 ms in a thread: the peak during a block, not over the process life."""
+
+    def __init__(self) -> None:
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_mb())
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = rss_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+@dataclass
+class Config:
+    name: str
+    engine: str
+    precision: str
+    batch: int
+    pipelined: bool
+    opts: dict[str, Any] = field(default_factory=dict)
+    inspector: Any = None
+    throughput: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    peak_rss: float = 0.0
+    rles: dict[str, list[str]] = field(default_factory=dict)
+    gated: int = 0
+    errors: int = 0
+
+
+def run_baseline(cfg: Config, items: list[tuple[str, Path]]) -> list[Any]:
+    """Plain loop: read -> inspect (gate, segment, post-process) -> RLE, one image at a time."""
+    from steelscan.imageio import read_image
+
+    ins = cfg.inspector
+    out = []
+    for image_id, path in items:
+        t0 = time.perf_counter()
+        arr = read_image(path, channels=ins.manifest.in_channels)
+        res = ins.inspect_batch([(image_id, arr)])[0]
+        rles = [c.rle() for c in res.classes]
+        cfg.latencies.append((time.perf_counter() - t0) * 1000)
+        out.append((res, rles))
+    return out
+
+
+def run_pipelined(cfg: Config, items: list[tuple[str, Path]], workers: int) -> list[Any]:
+    from steelscan.inference.batch import iter_predict
+
+    out = []
+    for res in iter_predict(cfg.inspector, items, batch_size=cfg.batch, workers=workers):
+        rles = [c.rle() for c in res.classes]  # the consumer encodes, as `predict` does
+        cfg.latencies.append(res.timings_ms.get("latency", float("nan")))
+        out.append((res, rles))
+    return out
+
+
+def kaggle_score(rles: dict[str, list[str]], truth: dict[str, list[np.ndarray]]) -> float:
+    """Mean Dice over every (image, class) pair of the labelled images (empty/empty = 1)."""
+    from steelscan.evaluation.metrics import dice
+
+    scores = []
+    for image_id, masks in truth.items():
+        if image_id not in rles:  # a --images subset need not cover every labelled image
+            continue
+        for k, t in enumerate(masks):
+            scores.append(dice(rle.decode(rles[image_id][k]), t))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime as ort
+
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (
+        f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}"
+    )
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this benchmark's section of docs/benchmarks.md, keeping the others."""
+    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
+    start = doc.find(SECTION + "\n")
+    if start == -1:
+        new = doc.rstrip("\n") + "\n\n" + text
+    else:
+        nxt = doc.find("\n## ", start + len(SECTION))
+        new = doc[:start] + text + (doc[nxt + 1 :] if nxt != -1 else "")
+    tmp = DOC.with_suffix(".md.tmp")
+    tmp.write_text(new.rstrip("\n") + "\n")
+    tmp.replace(DOC)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def train_bench_model(out: Path, data: Path = SHARED / "reencoded") -> Path:
+    """The benchmark's model: short CPU training of the issue's architecture on real images."""
+    from steelscan.training import TrainConfig, train
+
+    weights = REPO.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
+    cfg = TrainConfig(
+        classifier={
+            "arch": "mobilenetv2_100",
+            "encoder_weights": str(weights),
+            "epochs": 4,
+            "lr": 1e-3,
+            "batch_size": 4,
+        },
+        segmenter={
+            "arch": "unet",
+            "encoder": "mobilenet_v2",
+            "encoder_weights": str(weights),
+            "epochs": 6,
+            "lr": 1e-3,
+            "batch_size": 4,
+            "crop_height": 256,
+            "crop_width": 512,
+        },
+        accelerator="cpu",
+        devices=1,
+        precision="32",
+        num_workers=0,
+        early_stopping_patience=None,
+        scheduler="none",
+        tensorboard=False,
+        progress=False,
+        val_fraction=0.25,
+    )
+    return train(data, out, cfg)
+
+
+def build_configs(
+    bundle: Path, batch: int, cuda: bool, ort_cuda: bool, bf16_ok: bool
+) -> list[Config]:
+    cfgs = [Config("baseline: torch eager fp32, sequential", "torch", "fp32", 1, False)]
+    for b in (1, batch):
+        cfgs.append(Config(f"torch fp32 b{b}", "torch", "fp32", b, True))
+        if bf16_ok:
+            cfgs.append(
+                Config(
+                    f"torch bf16+channels_last b{b}",
+                    "torch",
+                    "bf16",
+                    b,
+                    True,
+                    {"bf16": True, "channels_last": True},
+                )
+            )
+        cfgs.append(Config(f"onnx fp32 b{b}", "onnx", "fp32", b, True))
+        cfgs.append(Config(f"onnx int8 b{b}", "onnx", "int8", b, True, {"int8": True}))
+    if cuda:
+        for b in (1, batch):
+            cfgs.append(
+                Config(f"torch cuda fp32 b{b}", "torch", "fp32", b, True, {"device": "cuda"})
+            )
+            cfgs.append(
+                Config(
+                    f"torch cuda bf16 b{b}",
+                    "torch",
+                    "bf16",
+                    b,
+                    True,
+                    {"device": "cuda", "bf16": True, "channels_last": True},
+                )
+            )
+            if ort_cuda:
+                cfgs.append(
+                    Config(f"onnx cuda fp32 b{b}", "onnx", "fp32", b, True, {"device": "cuda"})
+                )
+    for c in cfgs:
+        if c.engine == "torch":
+            c.opts.setdefault("device", "cpu")
+    return cfgs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, required=True, help="trained model bundle")
+    ap.add_argument(
+        "--train-model", action="store_true", help="train --model first (see train_bench_model)"
+    )
+    ap.add_argument("--export-dir", type=Path, help="bundle already exported with --int8")
+    ap.add_argument(
+        "--calibration", type=Path, default=SHARED / "reencoded", help="int8 calibration data"
+    )
+    ap.add_argument("--labelled", type=Path, default=SHARED, help="held-out labelled dataset")
+    ap.add_argument("--images", type=Path, nargs="*", help="throughput images (default: all 38)")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per configuration (>= 5)")
+    ap.add_argument("--batch", type=int, default=8, help="the larger batch size")
+    ap.add_argument("--workers", type=int, default=2, help="decode/post-process threads")
+    ap.add_argument("--only", nargs="*", help="substrings of configuration names to run")
+    ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = ap.parse_args()
+    if args.runs < 5:
+        print("error: --runs must be at least 5 (the median of several runs is reported)")
+        return 2
+    if args.train_model:
+        print(f"training the benchmark model into {args.model} ...")
+        train_bench_model(args.model)
+    if not (args.model / "manifest.json").is_file():
+        print(f"error: {args.model}: not a model bundle (no manifest.json)", file=sys.stderr)
+        return 2
+    if not SHARED.is_dir() and not args.images:
+        print(f"error: {SHARED} not found; pass --images and --labelled", file=sys.stderr)
+        return 2
+
+    import onnxruntime as ort
+    import torch
+
+    from steelscan.data import load_dataset
+    from steelscan.inference.engines import bf16_supported
+    from steelscan.inference.export import export_bundle
+    from steelscan.inference.inspector import Inspector
+
+    load0 = os.getloadavg()[0]
+    exported = args.export_dir
+    tmp = None
+    if exported is None:
+        tmp = tempfile.TemporaryDirectory(prefix="steelscan-bench-")
+        exported = Path(tmp.name) / "exported"
+        print(f"exporting {args.model} (fp32 + int8, calibration {args.calibration}) ...")
+        export_bundle(args.model, exported, int8=True, calibration=args.calibration)
+
+    labelled = load_dataset(args.labelled)
+    truth = {
+        r.image_id: [r.mask(k) for k in range(len(labelled.classes))] for r in labelled.records
+    }
+    if args.images:
+        paths = list(args.images)
+    else:
+        paths = [r.path for r in labelled.records]
+        paths += [r.path for r in load_dataset(SHARED / "reencoded").records]
+    items = [(Path(p).name, Path(p)) for p in paths]
+    # Ground truth is keyed by ImageId (``<id>.jpg``); files may be stored as ``<id>.png``.
+    id_of = {r.path.name: r.image_id for r in labelled.records}
+
+    cuda = torch.cuda.is_available()
+    ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    cfgs = build_configs(exported, args.batch, cuda, ort_cuda, bf16_supported("cpu"))
+    if args.only:
+        cfgs = [
+            c for c in cfgs if c.name.startswith("baseline") or any(s in c.name for s in args.only)
+        ]
+    for c in cfgs:
+        c.inspector = Inspector(exported, engine=c.engine, batch_size=c.batch, **c.opts)
+    pp = cfgs[0].inspector.postprocess
+
+    print(f"{len(items)} images, {len(cfgs)} configurations, {args.runs} runs each")
+    for c in cfgs:  # warm-up (first-call allocations, oneDNN/ORT kernel selection)
+        warm = items[: max(2, c.batch)]
+        (run_pipelined(c, warm, args.workers) if c.pipelined else run_baseline(c, warm))
+        c.latencies.clear()
+    for run in range(args.runs):
+        for c in cfgs:
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                out = (
+                    run_pipelined(c, items, args.workers) if c.pipelined else run_baseline(c, items)
+                )
+                elapsed = time.perf_counter() - t0
+            c.throughput.append(len(items) / elapsed)
+            c.peak_rss = max(c.peak_rss, mem.peak)
+            if run == 0:
+                for (image_id, _), (res, rles) in zip(items, out, strict=True):
+                    c.rles[image_id] = rles
+                    c.errors += res.error is not None
+                    c.gated += pp.gate_mode == "hard" and res.defect_probability < pp.gate_threshold
+            print(f"run {run + 1}/{args.runs}  {c.name:<34} {len(items) / elapsed:6.2f} img/s")
+
+    base, ref = cfgs[0], cfgs[0]
+    fp32_score = None
+    rows = []
+    for c in cfgs:
+        tp = statistics.median(c.throughput)
+        score = kaggle_score({id_of.get(k, k): v for k, v in c.rles.items() if k in id_of}, truth)
+        if c is ref:
+            fp32_score = score
+        pairs = [(a, b) for k in ref.rles for a, b in zip(ref.rles[k], c.rles[k], strict=True)]
+        same = sum(a == b for a, b in pairs)
+        rows.append(
+            {
+                "name": c.name,
+                "tp": tp,
+                "speedup": tp / statistics.median(base.throughput),
+                "lat": statistics.median(c.latencies),
+                "score": score,
+                "same": f"{same}/{len(pairs)}",
+                "gated": f"{c.gated}/{len(items)}",
+                "rss": c.peak_rss,
+                "c": c,
+            }
+        )
+    ok = [r for r in rows if abs(r["score"] - fp32_score) <= 0.005 and r["c"] is not base]
+    best = max(ok, key=lambda r: r["tp"]) if ok else None
+
+    cmd = "python bench/inference.py " + " ".join(sys.argv[1:])
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{cmd}`  ",
+        f"Machine: {machine()}  ",
+        f"Date: {dt.date.today().isoformat()}; 1-minute load average at start: {load0:.1f} "
+        f"(the cores are shared with other jobs, so absolute numbers are noisy; ratios are "
+        f"measured in the same run with interleaved repetitions)  ",
+        f"Model: `{args.model}` ({cfgs[0].inspector.manifest.segmenter.arch}/"
+        f"{cfgs[0].inspector.manifest.segmenter.encoder} segmenter, "
+        f"{cfgs[0].inspector.manifest.classifier.arch} gate; gate mode {pp.gate_mode}, "
+        f"threshold {pp.gate_threshold})  ",
+        f"Data: {len(items)} real 256x1600 Severstal images; median of {args.runs} runs; "
+        f"decode/post-process threads: {args.workers}; Kaggle score on the {len(truth)} labelled "
+        f"images of `{args.labelled}` (not used for training or calibration)  ",
+        "Latency: sequential = wall time per image; pipelined = from the start of the image's "
+        "decode until its result is ready (includes queueing behind earlier images).",
+        "",
+        "| configuration | img/s | speed-up vs baseline | median latency (ms/img) | "
+        "Kaggle score | RLE = torch fp32 | gate skipped segmentation | peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['tp']:.2f} | {r['speedup']:.2f}x | {r['lat']:.0f} | "
+            f"{r['score']:.4f} | {r['same']} | {r['gated']} | {r['rss']:.0f} |"
+        )
+    lines.append("")
+    if best is not None:
+        verdict = "meets" if best["speedup"] >= 4 else "does NOT meet"
+        lines.append(
+            f"Fastest configuration within 0.005 Kaggle score of torch fp32: **{best['name']}**, "
+            f"{best['speedup']:.2f}x the baseline end to end; this {verdict} the 4x bar."
+        )
+    errors = sum(c.errors for c in cfgs)
+    if errors:
+        lines.append(f"\n{errors} image results had errors (see the run output).")
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    if args.write:
+        write_section(text)
+        print(f"wrote the {SECTION!r} section of {DOC}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
