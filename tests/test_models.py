@@ -412,3 +412,26 @@ def test_grid_pool_equals_adaptive_pool_and_exports_with_dynamic_size(grid, tmp_
         x = torch.randn(3, 5, *hw)
         got = session.run(None, {"x": x.numpy()})[0]
         np.testing.assert_allclose(got, nn.AdaptiveAvgPool2d(grid)(x).numpy(), atol=1e-6)
+
+
+def test_input_scale_runs_small_inside_and_answers_at_full_size():
+    """A segmenter/classifier with input_scale sees a smaller image but keeps the caller's size."""
+    seg = create_segmenter(
+        "unet", "resnet18", 4, input_scale=0.5, decoder_channels=(16, 16, 8, 8, 8)
+    ).eval()
+    seen = []
+    seg.net.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    x = torch.randn(1, 3, 64, 200)
+    with torch.no_grad():
+        out = seg(x)
+    assert out.shape == (1, 4, 64, 200)
+    assert seen == [(32, 128)]  # 32x100 scaled, padded to a multiple of 32
+    clone = build_from_spec(seg.steelscan_spec, 3).eval()
+    clone.load_state_dict(seg.state_dict())
+    with torch.no_grad():
+        assert torch.equal(clone(x), out)
+    cls = create_classifier("resnet10t", 4, input_scale=0.25).eval()
+    with torch.no_grad():
+        assert cls(x).shape == (1, 4)
+    with pytest.raises(ValueError, match="input_scale"):
+        create_segmenter("unet", "resnet18", 4, input_scale=1.5)

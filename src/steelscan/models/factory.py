@@ -120,12 +120,16 @@ class SegmentationModel(nn.Module):
         num_outputs: int,
         pad_multiple: int = DEFAULT_PAD_MULTIPLE,
         has_aux: bool = False,
+        input_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.net = net
         self.num_outputs = num_outputs
         self.pad_multiple = int(pad_multiple)
         self.has_aux = has_aux
+        if not 0 < input_scale <= 1:
+            raise ValueError(f"input_scale must be in (0, 1], got {input_scale}")
+        self.input_scale = float(input_scale)
 
     def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(self.net, ResUNet):
@@ -137,11 +141,34 @@ class SegmentationModel(nn.Module):
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         h, w = x.shape[-2:]
-        masks, labels = self._raw(pad_to_multiple(x, self.pad_multiple))
-        return masks[..., :h, :w], labels
+        if self.input_scale == 1.0:
+            masks, labels = self._raw(pad_to_multiple(x, self.pad_multiple))
+            return masks[..., :h, :w], labels
+        # Reduced-resolution inside, full resolution outside: the network sees a downscaled
+        # image (4x fewer pixels at 0.5, the cheap way to fit CPU budgets) and its logits are
+        # upsampled back, so callers, losses and metrics always work at the input's size.
+        small = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear")
+        sh, sw = small.shape[-2:]
+        masks, labels = self._raw(pad_to_multiple(small, self.pad_multiple))
+        masks = F.interpolate(masks[..., :sh, :sw], size=(h, w), mode="bilinear")
+        return masks, labels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_aux(x)[0]
+
+
+class ScaledInput(nn.Module):
+    """Runs ``net`` on the input scaled by ``scale`` (bilinear): a cheaper image-level gate."""
+
+    def __init__(self, net: nn.Module, scale: float) -> None:
+        super().__init__()
+        if not 0 < scale <= 1:
+            raise ValueError(f"input_scale must be in (0, 1], got {scale}")
+        self.net = net
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(F.interpolate(x, scale_factor=self.scale, mode="bilinear"))
 
 
 # --------------------------------------------------------------------------- specs
@@ -199,23 +226,27 @@ def create_classifier(
 
     ``arch``: any timm model name (num_outputs = ``num_classes``, multi-label logits) or
     ``"resnet50_classic"`` (the course's gate, num_outputs = 1; ``opts``: ``pool_grid``,
-    ``hidden``, ``dropout``). Other ``opts`` go to ``timm.create_model`` (e.g. ``drop_rate``).
+    ``hidden``, ``dropout``). ``input_scale`` (default 1.0) shrinks the image before the network: an
+    image-level verdict needs far fewer pixels than a mask. Other ``opts`` go to
+    ``timm.create_model`` (e.g. ``drop_rate``).
     ``encoder_weights``: None/"none", "imagenet" or a local state-dict path (see
     :mod:`.pretrained`); the load report is kept in ``model.weights_report``.
     """
     weights = _weights_args(encoder_weights, weights_sha256)
     report: LoadReport | None = None
+    build_opts = dict(opts)
+    input_scale = float(build_opts.pop("input_scale", 1.0))
     if arch == CLASSIC_ARCH:
         if weights == "imagenet":
             with imagenet_download(f"classifier {arch!r}"):
-                model: nn.Module = ClassicGate(in_channels, pretrained=True, **opts)
+                model: nn.Module = ClassicGate(in_channels, pretrained=True, **build_opts)
         else:
-            model = ClassicGate(in_channels, **opts)
+            model = ClassicGate(in_channels, **build_opts)
             if isinstance(weights, Path):
                 report = load_local_weights(model.body, weights, weights_sha256)
     else:
         _check_timm_name(arch, "classifier arch")
-        kwargs = dict(num_classes=int(num_classes), in_chans=in_channels, **opts)
+        kwargs = dict(num_classes=int(num_classes), in_chans=in_channels, **build_opts)
         if weights == "imagenet":
             with imagenet_download(f"classifier {arch!r}"):
                 model = timm.create_model(arch, pretrained=True, **kwargs)
@@ -223,6 +254,8 @@ def create_classifier(
             model = timm.create_model(arch, pretrained=False, **kwargs)
             if isinstance(weights, Path):
                 report = load_local_weights(model, weights, weights_sha256)
+    if input_scale != 1.0:
+        model = ScaledInput(model, input_scale)
     spec = spec_for_classifier(arch, num_classes, **opts)
     model.num_outputs = spec.num_outputs
     model.steelscan_spec = spec
@@ -249,8 +282,9 @@ def create_segmenter(
     ("unet", "fpn", ...) with an smp ``encoder`` (e.g. "mobilenet_v2", "resnet18",
     "tu-mobilenetv2_100"). ``aux_head=True`` adds a classification head, exposed by
     ``model.forward_with_aux(x) -> (mask_logits, class_logits)``. ``opts``: ``pad_multiple``
-    (default 32), ``aux_dropout`` (default 0.2); the rest go to smp / ResUNet (e.g.
-    ``decoder_channels``).
+    (default 32), ``aux_dropout`` (default 0.2), ``input_scale`` (default 1.0: the network runs
+    on the image scaled by this factor, logits are upsampled back); the rest go to smp / ResUNet
+    (e.g. ``decoder_channels``).
     """
     arch_l = arch.lower()
     if arch_l not in SEGMENTER_ARCHS:
@@ -261,6 +295,7 @@ def create_segmenter(
     build_opts = dict(opts)
     pad_multiple = int(build_opts.pop("pad_multiple", DEFAULT_PAD_MULTIPLE))
     aux_dropout = float(build_opts.pop("aux_dropout", 0.2))
+    input_scale = float(build_opts.pop("input_scale", 1.0))
     report: LoadReport | None = None
     if arch_l == RESUNET_ARCH:
         if encoder not in (None, "", "none", RESUNET_ARCH):
@@ -296,7 +331,9 @@ def create_segmenter(
             net = smp.create_model(arch_l, encoder_name=encoder, encoder_weights=None, **kwargs)
             if isinstance(weights, Path):
                 report = load_local_weights(net.encoder, weights, weights_sha256)
-    model = SegmentationModel(net, int(num_classes), pad_multiple, has_aux=aux_head)
+    model = SegmentationModel(
+        net, int(num_classes), pad_multiple, has_aux=aux_head, input_scale=input_scale
+    )
     model.steelscan_spec = spec_for_segmenter(arch_l, encoder, num_classes, aux_head, **opts)
     model.weights_report = report
     return model
