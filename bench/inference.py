@@ -35,7 +35,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,35 +55,11 @@ SECTION = "## Inference"
 # --------------------------------------------------------------------------- measurement helpers
 
 
-def rss_mb() -> float:
-    """Current resident set size of this process in MiB (Linux)."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MiB): model, sessions, buffers, everything."""
+    import resource
 
-
-class PeakRSS:
-    """Samples RSS every 10 ms in a thread: the peak during a block, not over the process life."""
-
-    def __init__(self) -> None:
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mb())
-            time.sleep(0.01)
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = rss_mb()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mb())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
@@ -102,6 +77,11 @@ class Config:
     rles: dict[str, list[str]] = field(default_factory=dict)
     gated: int = 0
     errors: int = 0
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def spec(self) -> dict[str, Any]:
+        keys = ("name", "engine", "precision", "batch", "pipelined", "opts")
+        return {k: getattr(self, k) for k in keys}
 
 
 def run_baseline(cfg: Config, items: list[tuple[str, Path]]) -> list[Any]:
@@ -113,8 +93,11 @@ def run_baseline(cfg: Config, items: list[tuple[str, Path]]) -> list[Any]:
     for image_id, path in items:
         t0 = time.perf_counter()
         arr = read_image(path, channels=ins.manifest.in_channels)
-        res = ins.inspect_batch([(image_id, arr)])[0]
+        t1 = time.perf_counter()
+        res = ins.inspect_batch([(image_id, arr)], decode_ms=[(t1 - t0) * 1000])[0]
+        t2 = time.perf_counter()
         rles = [c.rle() for c in res.classes]
+        res.timings_ms["rle"] = (time.perf_counter() - t2) * 1000
         cfg.latencies.append((time.perf_counter() - t0) * 1000)
         out.append((res, rles))
     return out
@@ -125,7 +108,9 @@ def run_pipelined(cfg: Config, items: list[tuple[str, Path]], workers: int) -> l
 
     out = []
     for res in iter_predict(cfg.inspector, items, batch_size=cfg.batch, workers=workers):
+        t0 = time.perf_counter()
         rles = [c.rle() for c in res.classes]  # the consumer encodes, as `predict` does
+        res.timings_ms["rle"] = (time.perf_counter() - t0) * 1000
         cfg.latencies.append(res.timings_ms.get("latency", float("nan")))
         out.append((res, rles))
     return out
@@ -261,7 +246,60 @@ def build_configs(
     return cfgs
 
 
+def child(job: dict[str, Any]) -> dict[str, Any]:
+    """One timed run of one configuration, in a fresh process (own memory peak, own threads)."""
+    from steelscan.inference.inspector import Inspector
+
+    c = Config(**job["config"])
+    items = [(i, Path(p)) for i, p in job["items"]]
+    c.inspector = Inspector(job["bundle"], engine=c.engine, batch_size=c.batch, **c.opts)
+    pp = c.inspector.postprocess
+    warm = items[: max(2, c.batch)]  # first-call allocations, oneDNN/ORT kernel selection
+    run_pipelined(c, warm, job["workers"]) if c.pipelined else run_baseline(c, warm)
+    c.latencies.clear()
+    t0 = time.perf_counter()
+    out = run_pipelined(c, items, job["workers"]) if c.pipelined else run_baseline(c, items)
+    elapsed = time.perf_counter() - t0
+    stages: dict[str, float] = {}
+    for res, _ in out:
+        for k, v in res.timings_ms.items():
+            if k != "latency":
+                stages[k] = stages.get(k, 0.0) + v / len(out)
+    return {
+        "throughput": len(items) / elapsed,
+        "latencies": c.latencies,
+        "peak_rss": peak_rss_mb(),
+        "rles": {i: rles for (i, _), (_, rles) in zip(items, out, strict=True)},
+        "errors": sum(res.error is not None for res, _ in out),
+        "gated": sum(
+            pp.gate_mode == "hard" and res.defect_probability < pp.gate_threshold for res, _ in out
+        ),
+        "stages": stages,
+    }
+
+
+def run_child(job: dict[str, Any]) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child"],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{job['config']['name']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--child"]:
+        import json
+
+        print(json.dumps(child(json.loads(sys.stdin.read()))))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, required=True, help="trained model bundle")
     ap.add_argument(
@@ -298,7 +336,6 @@ def main() -> int:
     from steelscan.data import load_dataset
     from steelscan.inference.engines import bf16_supported
     from steelscan.inference.export import export_bundle
-    from steelscan.inference.inspector import Inspector
 
     load0 = os.getloadavg()[0]
     exported = args.export_dir
@@ -329,31 +366,35 @@ def main() -> int:
         cfgs = [
             c for c in cfgs if c.name.startswith("baseline") or any(s in c.name for s in args.only)
         ]
-    for c in cfgs:
-        c.inspector = Inspector(exported, engine=c.engine, batch_size=c.batch, **c.opts)
-    pp = cfgs[0].inspector.postprocess
+    from steelscan.inference.inspector import Inspector
+
+    probe = Inspector(exported, engine="onnx")  # fails early if the export lacks a stage
+    pp, manifest = probe.postprocess, probe.manifest
+    del probe
 
     print(f"{len(items)} images, {len(cfgs)} configurations, {args.runs} runs each")
-    for c in cfgs:  # warm-up (first-call allocations, oneDNN/ORT kernel selection)
-        warm = items[: max(2, c.batch)]
-        (run_pipelined(c, warm, args.workers) if c.pipelined else run_baseline(c, warm))
-        c.latencies.clear()
     for run in range(args.runs):
         for c in cfgs:
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                out = (
-                    run_pipelined(c, items, args.workers) if c.pipelined else run_baseline(c, items)
-                )
-                elapsed = time.perf_counter() - t0
-            c.throughput.append(len(items) / elapsed)
-            c.peak_rss = max(c.peak_rss, mem.peak)
+            job = {
+                "config": c.spec(),
+                "items": [(i, str(p)) for i, p in items],
+                "bundle": str(exported),
+                "workers": args.workers,
+            }
+            r = run_child(job)
+            c.throughput.append(r["throughput"])
+            c.latencies += r["latencies"]
+            c.peak_rss = max(c.peak_rss, r["peak_rss"])
             if run == 0:
-                for (image_id, _), (res, rles) in zip(items, out, strict=True):
-                    c.rles[image_id] = rles
-                    c.errors += res.error is not None
-                    c.gated += pp.gate_mode == "hard" and res.defect_probability < pp.gate_threshold
-            print(f"run {run + 1}/{args.runs}  {c.name:<34} {len(items) / elapsed:6.2f} img/s")
+                c.rles, c.errors, c.gated, c.stages = (
+                    r["rles"],
+                    r["errors"],
+                    r["gated"],
+                    r["stages"],
+                )
+            print(
+                f"run {run + 1}/{args.runs}  {c.name:<40} {r['throughput']:6.2f} img/s", flush=True
+            )
 
     base, ref = cfgs[0], cfgs[0]
     fp32_score = None
@@ -390,9 +431,9 @@ def main() -> int:
         f"Date: {dt.date.today().isoformat()}; 1-minute load average at start: {load0:.1f} "
         f"(the cores are shared with other jobs, so absolute numbers are noisy; ratios are "
         f"measured in the same run with interleaved repetitions)  ",
-        f"Model: `{args.model}` ({cfgs[0].inspector.manifest.segmenter.arch}/"
-        f"{cfgs[0].inspector.manifest.segmenter.encoder} segmenter, "
-        f"{cfgs[0].inspector.manifest.classifier.arch} gate; gate mode {pp.gate_mode}, "
+        f"Model: `{args.model}` ({manifest.segmenter.arch}/"
+        f"{manifest.segmenter.encoder} segmenter, "
+        f"{manifest.classifier.arch} gate; gate mode {pp.gate_mode}, "
         f"threshold {pp.gate_threshold})  ",
         f"Data: {len(items)} real 256x1600 Severstal images; median of {args.runs} runs; "
         f"decode/post-process threads: {args.workers}; Kaggle score on the {len(truth)} labelled "
@@ -409,6 +450,24 @@ def main() -> int:
             f"| {r['name']} | {r['tp']:.2f} | {r['speedup']:.2f}x | {r['lat']:.0f} | "
             f"{r['score']:.4f} | {r['same']} | {r['gated']} | {r['rss']:.0f} |"
         )
+    cols = ["decode", "preprocess", "classify", "segment", "model", "postprocess", "rle"]
+    lines += [
+        "",
+        "Where the time goes: mean ms per image and stage (run 1). Pipelined stages overlap in "
+        "threads, so they add up to more than the wall time; `model` is the batch's gate + "
+        "segment time (preprocessing included) divided by its images.",
+        "",
+        "| configuration | " + " | ".join(cols) + " |",
+        "| --- |" + " ---: |" * len(cols),
+    ]
+    for c in cfgs:
+        cells = [f"{c.stages[k]:.1f}" if k in c.stages else "" for k in cols]
+        lines.append(f"| {c.name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "Peak RSS: the peak resident memory of the process that ran the configuration (a fresh "
+        "process per run, model loading included)."
+    )
     lines.append("")
     if best is not None:
         verdict = "meets" if best["speedup"] >= 4 else "does NOT meet"

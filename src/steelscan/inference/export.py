@@ -14,8 +14,9 @@ Why these choices:
 * The sigmoid is part of the graph: engines return probabilities (the engine contract), and ONNX
   Runtime's fused sigmoid is cheaper than a NumPy pass over a (N, K, 256, 1600) tensor.
 * int8 uses static quantisation (QDQ, per-channel weights, uint8 activations) calibrated on real
-  images: on CPUs with VNNI it runs the segmenter ~2x faster than float32. The final sigmoid stays
-  float32 so probabilities keep their resolution near the thresholds.
+  images: on CPUs with VNNI it runs the segmenter ~2x faster than float32. The final sigmoid and
+  the last few layers stay float32 (:func:`fp32_nodes`) so probabilities keep their resolution
+  near the thresholds.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "probs"
 STAGES = ("classifier", "segmenter")
 DEFAULT_CALIBRATION_IMAGES = 16
+FP32_TAIL = 3  # last Conv/Gemm layers left in float32 by the int8 export (see fp32_nodes)
 
 
 class ExportError(ValueError):
@@ -121,13 +123,20 @@ class _BatchReader:
         self._it = iter(self._batches)
 
 
-def _sigmoid_output_nodes(model_path: Path) -> list[str]:
-    """Names of the Sigmoid nodes that produce graph outputs (kept in float32 when quantising)."""
+def fp32_nodes(model_path: Path, tail: int = FP32_TAIL) -> list[str]:
+    """Nodes kept in float32 when quantising: the output sigmoid and the last ``tail`` Conv/Gemm.
+
+    The last layers map features straight to the logits that thresholds cut; quantising them
+    flips many near-threshold pixels, while in the segmenter they cost only a few percent of the
+    time (measured on a Unet/MobileNetV2: Dice of int8 vs fp32 masks 0.58 -> 0.71 for +3% time).
+    """
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
     outputs = {o.name for o in model.graph.output}
-    return [n.name for n in model.graph.node if n.op_type == "Sigmoid" and set(n.output) & outputs]
+    nodes = [n.name for n in model.graph.node if n.op_type == "Sigmoid" and set(n.output) & outputs]
+    dense = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return nodes + (dense[-tail:] if tail > 0 else [])
 
 
 def quantize_int8(
@@ -159,7 +168,7 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=_sigmoid_output_nodes(pre),
+            nodes_to_exclude=fp32_nodes(pre),
         )
     return int8_path
 
