@@ -32,8 +32,8 @@ def main() -> int:
     ap.add_argument("--weights", type=Path, default=MOBILENET)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "neu")
     ap.add_argument("--max-minutes", type=float, default=28.0)
-    ap.add_argument("--cls-epochs", type=int, default=8)
-    ap.add_argument("--seg-epochs", type=int, default=12)
+    ap.add_argument("--cls-epochs", type=int, default=4)
+    ap.add_argument("--seg-epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     for p, what in ((args.data, "NEU-DET data"), (args.weights, "MobileNetV2 weights")):
@@ -73,6 +73,7 @@ def main() -> int:
             crop_height=None,
             crop_width=None,
             loss="bce_dice",
+            options={"decoder_channels": [128, 64, 32, 16, 16]},
         ),
         scheduler="cosine",
         early_stopping_patience=None,

@@ -272,6 +272,23 @@ def validation_metrics(
     return out
 
 
+def _crop_for(records: list, height: int | None, width: int | None) -> tuple[int, int] | None:
+    """The training crop if it fits every image; otherwise full images (with a warning)."""
+    if height is None or width is None:
+        return None
+    sizes = {r.shape for r in records}
+    min_hw = (min(h for h, _ in sizes), min(w for _, w in sizes))
+    if crop_fits(min_hw, (height, width)):
+        return (int(height), int(width))
+    log.warning(
+        "crop %sx%s is larger than the smallest image %sx%s: training on full images",
+        height,
+        width,
+        *min_hw,
+    )
+    return None
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -352,7 +369,16 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool |
             **c.options,
         )
         opt = OptimSettings(cfg.optimizer, c.lr, cfg.weight_decay, cfg.scheduler, c.epochs)
-        dm = SteelDataModule(train_recs, val_recs, batch_size=c.batch_size, **dm_kw)
+        # Crops only where masks say what a crop contains; image-level labels need full images.
+        c_crop = _crop_for(ds.records, c.crop_height, c.crop_width) if ds.has_masks else None
+        dm = SteelDataModule(
+            train_recs,
+            val_recs,
+            batch_size=c.batch_size,
+            crop_hw=c_crop,
+            defect_crop_bias=c.defect_crop_bias,
+            **dm_kw,
+        )
         clf = _fit_stage(
             "classifier",
             ClassifierModule(model, k, opt),
@@ -366,17 +392,7 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, progress: bool |
     crop_hw: tuple[int, int] | None = None
     if cfg.segmenter.enabled:
         s = cfg.segmenter
-        sizes = {r.shape for r in ds.records}
-        min_hw = (min(h for h, _ in sizes), min(w for _, w in sizes))
-        if crop_fits(min_hw, (s.crop_height, s.crop_width)):
-            crop_hw = (int(s.crop_height), int(s.crop_width))
-        elif s.crop_height is not None:
-            log.warning(
-                "crop %sx%s is larger than the smallest image %sx%s: training on full images",
-                s.crop_height,
-                s.crop_width,
-                *min_hw,
-            )
+        crop_hw = _crop_for(ds.records, s.crop_height, s.crop_width)
         if seg_minutes is not None:
             seg_minutes = max(
                 0.05,
