@@ -438,6 +438,9 @@ def main() -> int:
         f"Data: {len(items)} real 256x1600 Severstal images; median of {args.runs} runs; "
         f"decode/post-process threads: {args.workers}; Kaggle score on the {len(truth)} labelled "
         f"images of `{args.labelled}` (not used for training or calibration)  ",
+        "Reproduce: `python bench/inference.py --model MODEL --train-model --runs 5 --write` "
+        "(trains the model below, exports fp32 + int8 calibrated on the re-encoded images, "
+        "then measures); `--model MODEL --export-dir EXPORTED` reuses both.  ",
         "Latency: sequential = wall time per image; pipelined = from the start of the image's "
         "decode until its result is ready (includes queueing behind earlier images).",
         "",

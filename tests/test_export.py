@@ -41,11 +41,14 @@ def test_export_writes_valid_onnx_and_keeps_the_bundle(exported: Path, trained_b
 
     src = json.loads((trained_bundle / MANIFEST_NAME).read_text())
     dst = json.loads((exported / MANIFEST_NAME).read_text())
+    # int8: the segmenter (where the time goes); the gate stays float32 by default
+    assert dst["segmenter"]["onnx_int8_file"] == "segmenter.int8.onnx"
+    assert dst["classifier"]["onnx_int8_file"] is None
     for stage in ("classifier", "segmenter"):
         assert dst[stage]["onnx_file"] == f"{stage}.onnx"
-        assert dst[stage]["onnx_int8_file"] == f"{stage}.int8.onnx"
         for name in (dst[stage]["onnx_file"], dst[stage]["onnx_int8_file"]):
-            onnx.checker.check_model(str(exported / name))
+            if name:
+                onnx.checker.check_model(str(exported / name))
         # the source bundle is not touched
         assert src[stage]["onnx_file"] is None and src[stage]["onnx_int8_file"] is None
         assert not (trained_bundle / f"{stage}.onnx").exists()

@@ -92,7 +92,13 @@ class OnnxEngine:
 
         if spec is None:
             return None
-        name = spec.onnx_int8_file if self.int8 else spec.onnx_file
+        # Under int8 a stage without an int8 model (the export quantises the segmenter only by
+        # default) runs its float32 model; the segmenter must have one, or int8 means nothing.
+        name = (
+            (spec.onnx_int8_file or (spec.onnx_file if stage != "segmenter" else None))
+            if self.int8
+            else spec.onnx_file
+        )
         if not name:
             how = "--format onnx --int8 --calibration DATA" if self.int8 else "--format onnx"
             raise ValueError(
