@@ -175,15 +175,15 @@ def train_bench_model(out: Path, data: Path = SHARED / "reencoded") -> Path:
         classifier={
             "arch": "mobilenetv2_100",
             "encoder_weights": str(weights),
-            "epochs": 4,
-            "lr": 1e-3,
+            "epochs": 3,
+            "lr": 5e-4,
             "batch_size": 4,
         },
         segmenter={
             "arch": "unet",
             "encoder": "mobilenet_v2",
             "encoder_weights": str(weights),
-            "epochs": 6,
+            "epochs": 24,
             "lr": 1e-3,
             "batch_size": 4,
             "crop_height": 256,
