@@ -16,10 +16,6 @@ from pathlib import Path
 import typer
 
 
-def _chunks(items: list, n: int) -> list[list]:
-    return [items[i : i + n] for i in range(0, len(items), n)]
-
-
 def predict(
     model_dir: Path = typer.Argument(..., help="Trained model bundle folder (manifest.json)."),
     inputs: list[Path] = typer.Argument(
@@ -50,7 +46,7 @@ def predict(
     from tqdm import tqdm
 
     from steelscan.cli.common import fail
-    from steelscan.imageio import ImageReadError, read_image
+    from steelscan.inference.batch import iter_predict_with_images
     from steelscan.inference.inputs import resolve_inputs
     from steelscan.inference.inspector import Inspector
     from steelscan.inference.writers import ERRORS, PredictionWriter
@@ -84,7 +80,6 @@ def predict(
     resolved = resolve_inputs(inputs)
     for note in resolved.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-    channels = inspector.manifest.in_channels
     per_class: Counter[str] = Counter()
     n_ok = n_defective = 0
     stage_ms: Counter[str] = Counter()
@@ -102,40 +97,21 @@ def predict(
             failed.append(item.image_id)
             tqdm.write(typer.style(f"error: {message}", fg=typer.colors.RED), file=sys.stderr)
 
+        # Decoding and post-processing run in worker threads around the model (pipelined,
+        # bounded queues: memory stays flat however many images there are).
+        items = [(it.image_id, it.path) for it in resolved.images]
+        stream = iter_predict_with_images(inspector, items, batch_size=batch_size, workers=2)
         bar = tqdm(total=len(resolved.images), unit="img", desc="predict", dynamic_ncols=True)
-        for chunk in _chunks(resolved.images, batch_size):
-            loaded, arrays, decode_ms = [], [], []
-            for item in chunk:
-                t0 = time.perf_counter()
-                try:
-                    arr = read_image(item.path, channels=channels)
-                except ImageReadError as exc:
-                    report_error(item, str(exc))
-                    bar.update(1)
-                    continue
-                loaded.append(item)
-                arrays.append(arr)
-                decode_ms.append((time.perf_counter() - t0) * 1000)
-            if not loaded:
+        for item, (res, image) in zip(resolved.images, stream, strict=True):
+            bar.update(1)
+            if res.error is not None:
+                report_error(item, res.error)
                 continue
-            batch = [(it.image_id, a) for it, a in zip(loaded, arrays, strict=True)]
-            try:
-                results = inspector.inspect_batch(batch, decode_ms=decode_ms)
-                done = list(zip(loaded, arrays, results, strict=True))
-            except (ValueError, RuntimeError, MemoryError):
-                done = []  # one bad image must not sink its batch: retry one at a time
-                for it, a, b, d in zip(loaded, arrays, batch, decode_ms, strict=True):
-                    try:
-                        done.append((it, a, inspector.inspect_batch([b], decode_ms=[d])[0]))
-                    except (ValueError, RuntimeError, MemoryError) as exc:
-                        report_error(it, f"{it.path}: inspection failed: {exc}")
-            for it, a, res in done:
-                writer.write(res, path=it.path, image=a if overlays else None, truth=it.truth)
-                n_ok += 1
-                n_defective += res.has_defect
-                per_class.update(c.name for c in res.classes if c.present)
-                stage_ms.update(res.timings_ms)
-            bar.update(len(loaded))
+            writer.write(res, path=item.path, image=image if overlays else None, truth=item.truth)
+            n_ok += 1
+            n_defective += res.has_defect
+            per_class.update(c.name for c in res.classes if c.present)
+            stage_ms.update(res.timings_ms)
         bar.close()
 
     elapsed = time.perf_counter() - start
