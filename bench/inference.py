@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _report  # bench/_report.py: shared machine name and doc writing
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,14 +133,7 @@ def kaggle_score(rles: dict[str, list[str]], truth: dict[str, list[np.ndarray]])
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _report.cpu_name()
     import onnxruntime as ort
 
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
@@ -150,17 +144,7 @@ def machine() -> str:
 
 
 def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of docs/benchmarks.md, keeping the others."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    start = doc.find(SECTION + "\n")
-    if start == -1:
-        new = doc.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = doc.find("\n## ", start + len(SECTION))
-        new = doc[:start] + text + (doc[nxt + 1 :] if nxt != -1 else "")
-    tmp = DOC.with_suffix(".md.tmp")
-    tmp.write_text(new.rstrip("\n") + "\n")
-    tmp.replace(DOC)
+    _report.write_section(SECTION, text)
 
 
 # --------------------------------------------------------------------------- main

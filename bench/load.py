@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _report  # bench/_report.py: shared machine name and doc writing
 import httpx
 import numpy as np
 
@@ -196,14 +197,7 @@ def median_run(runs: list[Scenario]) -> Scenario:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _report.cpu_name()
     return (
         f"{cpu}, {os.cpu_count()} cores (shared), Python {platform.python_version()}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU inference"
@@ -254,17 +248,7 @@ def report(
 
 
 def write_section(text: str) -> None:
-    """Replace (or append) this script's section only, atomically."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = doc.find(SECTION + "\n")
-    if start >= 0:
-        end = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + ("\n" + doc[end + 1 :] if end >= 0 else "")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    tmp = DOC.with_name(f".{DOC.name}.tmp")
-    tmp.write_text(doc.rstrip("\n") + "\n")
-    os.replace(tmp, DOC)
+    _report.write_section(SECTION, text)
 
 
 def main() -> int:

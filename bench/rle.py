@@ -19,14 +19,13 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import _report  # bench/_report.py: shared machine name and doc writing
 import numpy as np
 import pandas as pd
 
@@ -72,30 +71,12 @@ def time_runs(fn: Callable[[], None], repeats: int) -> list[float]:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        m = re.search(r"^Model name:\s*(.+)$", out, re.M)
-        if m:
-            model = m.group(1).strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
     py, npv = platform.python_version(), np.__version__
-    return f"{model}, {os.cpu_count()} cores (shared), Python {py}, NumPy {npv}"
+    return f"{_report.cpu_name()}, {os.cpu_count()} cores (shared), Python {py}, NumPy {npv}"
 
 
 def write_section(text: str) -> None:
-    """Replace (or append) the RLE section of docs/benchmarks.md, keeping other sections."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    start = doc.find(SECTION + "\n")
-    if start == -1:
-        new = doc.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = doc.find("\n## ", start + len(SECTION))
-        new = doc[:start] + text + (doc[nxt + 1 :] if nxt != -1 else "")
-    tmp = DOC.with_suffix(".md.tmp")
-    tmp.write_text(new.rstrip("\n") + "\n")
-    tmp.replace(DOC)
+    _report.write_section(SECTION, text)
 
 
 def main() -> int:
