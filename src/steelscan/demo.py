@@ -40,8 +40,12 @@ def run_demo(
     max_minutes: float | None = None,
     progress: bool = True,
     log=print,
+    config: Any = None,
 ) -> DemoResult:
-    """Run the whole pipeline into ``out`` (data/, model/, predictions/, report/)."""
+    """Run the whole pipeline into ``out`` (data/, model/, predictions/, report/).
+
+    ``config`` replaces the demo's training preset (tests use ``TrainConfig.tiny()``).
+    """
     from steelscan.bundle import load_bundle
     from steelscan.data import load_dataset
     from steelscan.data.synthetic import synthesize
@@ -62,7 +66,7 @@ def run_demo(
         log(f"[1/5] synthesising {n} steel images (1600x256) into {data}")
         synthesize(data, n=n, seed=seed, progress=progress)
 
-    cfg = TrainConfig.demo()
+    cfg = config if config is not None else TrainConfig.demo()
     if max_minutes is not None:
         cfg = cfg.model_copy(update={"max_minutes": max_minutes})
     cfg = cfg.model_copy(update={"seed": seed, "progress": progress})
