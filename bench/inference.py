@@ -187,7 +187,12 @@ def train_bench_model(out: Path, data: Path = SHARED / "reencoded") -> Path:
 
 
 def build_configs(
-    bundle: Path, batch: int, cuda: bool, ort_cuda: bool, bf16_ok: bool
+    bundle: Path,
+    batch: int,
+    cuda: bool,
+    ort_cuda: bool,
+    bf16_ok: bool,
+    openvino_ok: bool = False,
 ) -> list[Config]:
     cfgs = [Config("baseline: torch eager fp32, sequential", "torch", "fp32", 1, False)]
     for b in (1, batch):
@@ -205,6 +210,14 @@ def build_configs(
             )
         cfgs.append(Config(f"onnx fp32 b{b}", "onnx", "fp32", b, True))
         cfgs.append(Config(f"onnx int8 b{b}", "onnx", "int8", b, True, {"int8": True}))
+        if openvino_ok:
+            cfgs.append(Config(f"openvino fp32 b{b}", "openvino", "fp32", b, True))
+            if bf16_ok:
+                cfgs.append(
+                    Config(
+                        f"openvino bf16 b{b}", "openvino", "bf16", b, True, {"precision": "bf16"}
+                    )
+                )
     if cuda:
         for b in (1, batch):
             cfgs.append(
@@ -345,7 +358,13 @@ def main() -> int:
 
     cuda = torch.cuda.is_available()
     ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    cfgs = build_configs(exported, args.batch, cuda, ort_cuda, bf16_supported("cpu"))
+    try:
+        import openvino  # noqa: F401
+
+        openvino_ok = True
+    except ImportError:
+        openvino_ok = False
+    cfgs = build_configs(exported, args.batch, cuda, ort_cuda, bf16_supported("cpu"), openvino_ok)
     if args.only:
         cfgs = [
             c for c in cfgs if c.name.startswith("baseline") or any(s in c.name for s in args.only)

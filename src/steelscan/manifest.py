@@ -16,7 +16,7 @@ FORMAT_VERSION = 1
 class StageSpec(BaseModel):
     """One network (the classifier gate or the segmenter) and where its weights are."""
 
-    arch: str  # classifier: a timm name or "resnet50_classic"; segmenter: "unet" | "fpn" | "resunet"
+    arch: str  # classifier: a timm name or "resnet50_classic"; segmenter: unet | fpn | resunet
     encoder: str | None = None  # segmenter encoder (smp name, e.g. "mobilenet_v2", "tu-...")
     num_outputs: int  # classifier: K classes (or 1 for the classic defect/no-defect gate)
     aux_head: bool = False

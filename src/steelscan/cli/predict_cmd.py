@@ -24,7 +24,9 @@ def predict(
         "folder (with train.csv: overlays then show the ground truth too).",
     ),
     out: Path = typer.Option(..., "--out", help="Folder for submission.csv, predictions.jsonl..."),
-    engine: str = typer.Option("torch", "--engine", help="Runtime: torch, or onnx after export."),
+    engine: str = typer.Option(
+        "torch", "--engine", help="Runtime: torch, or onnx / openvino after `steelscan export`."
+    ),
     gate: str | None = typer.Option(
         None, "--gate", help="Override the tuned gate: hard, soft or none."
     ),
@@ -32,7 +34,9 @@ def predict(
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
     overlays: bool = typer.Option(False, "--overlays", help="Write overlays/<id>.png per image."),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last layout."),
-    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast where supported."),
+    bf16: bool = typer.Option(
+        False, "--bf16", help="bfloat16 where the CPU supports it (torch autocast, openvino)."
+    ),
     int8: bool = typer.Option(False, "--int8", help="onnx engine: run the int8 model."),
     device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1."),
 ) -> None:
@@ -64,11 +68,13 @@ def predict(
     opts: dict = {"device": device}
     if engine == "torch":
         opts.update(channels_last=channels_last, bf16=bf16)
+    elif engine == "openvino" and bf16 and not channels_last:
+        opts["precision"] = "bf16"
     elif channels_last or bf16:
-        fail("--channels-last and --bf16 only apply to the torch engine")
+        fail("--channels-last applies to the torch engine, --bf16 to torch and openvino")
     if int8:
-        if engine != "onnx":
-            fail("--int8 only applies to the onnx engine (after `steelscan export`)")
+        if engine not in ("onnx", "openvino"):
+            fail("--int8 applies to the onnx and openvino engines (after `steelscan export`)")
         opts["int8"] = True
     try:
         inspector = Inspector(

@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
         model_dir: Path = typer.Argument(..., help="Model bundle folder (`steelscan train`)."),
         host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
-        engine: str = typer.Option("torch", help="Inference engine: torch or onnx."),
+        engine: str = typer.Option(
+            "torch", help="Inference engine: torch, or onnx / openvino after `steelscan export`."
+        ),
         max_upload_mb: float = typer.Option(
             20.0, min=0.001, help="Largest accepted request body, in MB (larger: 413)."
         ),
@@ -36,8 +38,8 @@ def register(app: typer.Typer) -> None:
 
         from steelscan.service.app import ServiceConfig, create_app, load_service
 
-        if engine not in ("torch", "onnx"):
-            fail(f"--engine must be torch or onnx, got {engine!r}")
+        if engine not in ("torch", "onnx", "openvino"):
+            fail(f"--engine must be torch, onnx or openvino, got {engine!r}")
         try:
             service = load_service(model_dir, engine=engine)
         except (ValueError, OSError, RuntimeError, KeyError) as exc:

@@ -39,7 +39,10 @@ EngineFactory = Callable[..., Engine]
 ENGINES: dict[str, EngineFactory] = {}
 
 # Engines that live in optional modules: imported on first use so their runtime stays optional.
-_LAZY_ENGINES: dict[str, str] = {"onnx": "steelscan.inference.onnx_engine"}
+_LAZY_ENGINES: dict[str, str] = {
+    "onnx": "steelscan.inference.onnx_engine",
+    "openvino": "steelscan.inference.openvino_engine",
+}
 
 
 def register_engine(name: str) -> Callable[[EngineFactory], EngineFactory]:
