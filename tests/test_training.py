@@ -317,3 +317,38 @@ def test_segmenter_aux_head_is_trained_and_metrics_follow_kaggle_rules():
     pred[2, :2] = True
     truth[2, :1] = True
     assert pair_dice(pred, truth).tolist() == pytest.approx([1.0, 0.0, 2 * 4 / (8 + 4)])
+
+
+def test_classic_resnet50_gate_and_classifier_crops_train_and_run(synth_small, tmp_path):
+    """The course's one-output ResNet50 gate trains on crops and drives the Inspector's gate."""
+    from steelscan.bundle import load_bundle
+    from steelscan.imageio import read_image
+    from steelscan.inference.inspector import Inspector
+
+    cfg = TrainConfig.tiny().with_overrides(
+        {
+            "classifier.arch": "resnet50_classic",
+            "classifier.crop_height": "128",
+            "classifier.crop_width": "256",
+            "limit_train_batches": "2",
+        }
+    )
+    out = train(synth_small, tmp_path / "model", cfg)
+    bundle = load_bundle(out)
+    spec = bundle.manifest.classifier
+    assert spec.arch == "resnet50_classic" and spec.num_outputs == 1
+    img = next((Path(synth_small) / "train_images").iterdir())
+    raw = Inspector(bundle, gate_mode="none").raw([read_image(img)])[0]
+    # one gate probability, broadcast to every class
+    assert raw.class_probs.shape == (4,) and np.allclose(raw.class_probs, raw.class_probs[0])
+    calls: list[int] = []
+    for threshold, expected in ((1.01, 0), (-1.0, 1)):  # closed gate, then open gate
+        ins = Inspector(bundle, gate_mode="hard")
+        ins.postprocess = ins.postprocess.model_copy(update={"gate_threshold": threshold})
+        segment = ins.engine.segment
+        ins.engine.segment = lambda b, segment=segment: calls.append(1) or segment(b)
+        calls.clear()
+        result = ins.inspect(img)
+        assert len(calls) == expected
+        if expected == 0:
+            assert not result.has_defect
