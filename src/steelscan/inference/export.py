@@ -27,7 +27,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -300,3 +300,32 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def exported_file(root: Path, spec: Any, stage: str, *, int8: bool) -> Path | None:
+    """The ONNX file an engine should load for one stage of an exported bundle (None: no stage).
+
+    Under int8 a stage without an int8 model (the export quantises the segmenter only by
+    default) runs its float32 model; the segmenter must have one, or int8 means nothing. Missing
+    exports raise a ValueError that says which ``steelscan export`` command makes them.
+    """
+    if spec is None:
+        return None
+    precision = "int8" if int8 else "fp32"
+    name = (
+        (spec.onnx_int8_file or (spec.onnx_file if stage != "segmenter" else None))
+        if int8
+        else spec.onnx_file
+    )
+    if not name:
+        how = "--format onnx --int8 --calibration DATA" if int8 else "--format onnx"
+        raise ValueError(
+            f"{root}: the bundle has no {precision} ONNX model for the {stage}; "
+            f"create one with `steelscan export {root} {how} --out DIR`"
+        )
+    path = Path(root) / name
+    if not path.is_file():
+        raise ValueError(
+            f"{path}: the manifest names this ONNX file for the {stage}, but it is missing"
+        )
+    return path

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steelscan.inference.engines import register_engine
-from steelscan.inference.export import INPUT_NAME
+from steelscan.inference.export import INPUT_NAME, exported_file
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -90,26 +90,9 @@ class OnnxEngine:
     def _session(self, root: Path, spec: Any, stage: str) -> ort.InferenceSession | None:
         import onnxruntime as ort
 
-        if spec is None:
+        path = exported_file(root, spec, stage, int8=self.int8)
+        if path is None:
             return None
-        # Under int8 a stage without an int8 model (the export quantises the segmenter only by
-        # default) runs its float32 model; the segmenter must have one, or int8 means nothing.
-        name = (
-            (spec.onnx_int8_file or (spec.onnx_file if stage != "segmenter" else None))
-            if self.int8
-            else spec.onnx_file
-        )
-        if not name:
-            how = "--format onnx --int8 --calibration DATA" if self.int8 else "--format onnx"
-            raise ValueError(
-                f"{root}: the bundle has no {self.precision} ONNX model for the {stage}; "
-                f"create one with `steelscan export {root} {how} --out DIR`"
-            )
-        path = root / name
-        if not path.is_file():
-            raise ValueError(
-                f"{path}: the manifest names this ONNX file for the {stage}, but it is missing"
-            )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1

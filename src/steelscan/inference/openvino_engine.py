@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steelscan.inference.engines import register_engine
+from steelscan.inference.export import exported_file
 from steelscan.inference.onnx_engine import physical_cores
 
 if TYPE_CHECKING:
@@ -61,17 +62,9 @@ class OpenVinoEngine:
         self.has_segmenter = self.segmenter is not None
 
     def _compile(self, root: Path, spec: Any, stage: str) -> Any:
-        if spec is None:
+        path = exported_file(root, spec, stage, int8=self.int8)
+        if path is None:
             return None
-        name = (spec.onnx_int8_file or spec.onnx_file) if self.int8 else spec.onnx_file
-        if not name:
-            raise ValueError(
-                f"{root}: the bundle has no ONNX model for the {stage}; create one with "
-                f"`steelscan export {root} --format onnx --out DIR`"
-            )
-        path = root / name
-        if not path.is_file():
-            raise ValueError(f"{path}: the manifest names this ONNX file, but it is missing")
         try:
             return self._core.compile_model(str(path), "CPU", self._config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
