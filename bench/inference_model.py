@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/inference_model.py [--out /tmp/b2] [--minutes 12]
 
-Writes `OUT/train_data` (120 synthetic images, seed 11), `OUT/heldout` (30 images, seed 12, never
-trained on: the labelled set the benchmark scores) and `OUT/model`: the issue's architecture (smp
+Writes `OUT/train_data` (120 synthetic images, seed 11), `OUT/heldout` (100 images, seed 12, never
+trained on: the labelled set the benchmark scores; 400 (image, class) pairs, so one pair that flips
+moves the Kaggle score by 0.0025, finer than the 0.005 int8 parity bar) and `OUT/model`: the issue's architecture (smp
 Unet with a MobileNetV2 encoder, timm `mobilenetv2_100` gate), both starting from the ImageNet
 weights in ../shared/weights, trained on 256x512 crops within the time budget. Then run:
 
@@ -24,7 +25,7 @@ WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilene
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/b2"))
-    ap.add_argument("--minutes", type=float, default=12.0)
+    ap.add_argument("--minutes", type=float, default=14.0)
     args = ap.parse_args()
     if not WEIGHTS.exists():
         print(f"skip: {WEIGHTS} not found (ImageNet weights live in ../shared/weights)")
@@ -33,13 +34,13 @@ def main() -> int:
     from steelscan.training import TrainConfig, train
 
     synthesize(args.out / "train_data", n=120, seed=11, progress=False)
-    synthesize(args.out / "heldout", n=30, seed=12, progress=False)
+    synthesize(args.out / "heldout", n=100, seed=12, progress=False)
     w = str(WEIGHTS)
     cfg = TrainConfig(
         classifier=dict(
             arch="mobilenetv2_100",
             encoder_weights=w,
-            epochs=3,
+            epochs=12,  # a gate good enough that tuning lets it skip clean images
             lr=1e-3,
             batch_size=8,
             crop_height=256,

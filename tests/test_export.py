@@ -216,3 +216,30 @@ def test_openvino_engine_needs_an_export(trained_bundle: Path):
 
     with pytest.raises(ValueError, match="steelscan export"):
         Inspector(trained_bundle, engine="openvino")
+
+
+def test_input_scale_models_export_with_dynamic_sizes(tmp_path: Path):
+    """Networks that run downscaled inside (``input_scale``, as the demo preset uses) resize in
+    the graph; the ONNX file must follow the input's size, not the size it was traced at."""
+    from tiny_models import tiny_bundle
+
+    from steelscan.bundle import load_bundle
+    from steelscan.inference.engines import make_engine
+    from steelscan.inference.export import export_bundle
+
+    src = tiny_bundle(
+        tmp_path / "scaled",
+        classifier_options={"input_scale": 0.5},
+        segmenter_options={"input_scale": 0.5},
+    )
+    out = export_bundle(src, tmp_path / "onnx")
+    torch_engine = make_engine("torch", load_bundle(src))
+    onnx_engine = make_engine("onnx", load_bundle(out))
+    assert load_bundle(out).manifest.segmenter.options["input_scale"] == 0.5
+    rng = np.random.default_rng(0)
+    for h, w in ((256, 1600), (128, 800), (192, 640)):  # traced at 256x1600
+        x = rng.normal(size=(2, 3, h, w)).astype(np.float32)
+        seg_t, seg_o = torch_engine.segment(x), onnx_engine.segment(x)
+        assert seg_o.shape == (2, 4, h, w)
+        np.testing.assert_allclose(seg_o, seg_t, atol=1e-4)
+        np.testing.assert_allclose(onnx_engine.classify(x), torch_engine.classify(x), atol=1e-5)

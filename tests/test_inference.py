@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import tiny_bundle
 
 from steelscan import rle
 from steelscan.imageio import read_image
@@ -22,9 +23,6 @@ from steelscan.inference.writers import PredictionWriter
 from steelscan.manifest import ModelManifest, PostProcess
 
 IMAGES = ["0a1cade03.jpg", "03db6bbc3.jpg", "000a4bcdd.jpg"]
-# Small real networks keep these tests fast on a shared 2-core CPU.
-TINY_CLASSIFIER = "mobilenetv3_small_050"
-TINY_FILTERS = [4, 8, 16, 32, 64]
 
 
 def _manifest(**kw) -> ModelManifest:
@@ -48,27 +46,9 @@ def _manifest(**kw) -> ModelManifest:
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
-    """An untrained but real two-stage bundle (multi-label timm gate + ResUNet), saved and
-    reloaded through the bundle format. Untrained weights give arbitrary but deterministic
-    probabilities, which is all these mechanics tests need."""
-    import torch
-
-    from steelscan.bundle import save_bundle
-    from steelscan.models.factory import create_classifier, create_segmenter, spec_for
-
-    torch.manual_seed(0)
-    clf = create_classifier(TINY_CLASSIFIER, 4)
-    seg = create_segmenter("resunet", None, 4, filters=TINY_FILTERS)
-    # permissive post-processing so untrained probabilities (around 0.5) give masks
-    pp = PostProcess(
-        gate_threshold=0.0,
-        class_thresholds=[0.0] * 4,
-        pixel_thresholds=[0.5] * 4,
-        min_areas=[0] * 4,
-        min_component_areas=[0] * 4,
-    )
-    man = _manifest(classifier=spec_for(clf), segmenter=spec_for(seg), postprocess=pp)
-    return save_bundle(tmp_path_factory.mktemp("untrained") / "model", man, clf, seg)
+    """An untrained but real two-stage bundle (multi-label timm gate + ResUNet) with permissive
+    post-processing, so untrained probabilities (around 0.5) give masks."""
+    return tiny_bundle(tmp_path_factory.mktemp("untrained") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -289,16 +269,9 @@ def test_size_check_strict_and_lenient(loaded, images):
 
 
 def test_classic_single_output_gate_is_broadcast(tmp_path, crops):
-    import torch
-
-    from steelscan.bundle import save_bundle
-    from steelscan.models.factory import create_classifier, create_segmenter, spec_for
-
-    torch.manual_seed(1)
-    clf = create_classifier(TINY_CLASSIFIER, 1)  # one output: defect / no defect
-    seg = create_segmenter("resunet", None, 4, filters=TINY_FILTERS)
-    man = _manifest(classifier=spec_for(clf), segmenter=spec_for(seg))
-    ins = Inspector(save_bundle(tmp_path / "m", man, clf, seg), device="cpu", gate_mode="none")
+    # one output: defect / no defect
+    bundle = tiny_bundle(tmp_path / "m", classifier_outputs=1, seed=1)
+    ins = Inspector(bundle, device="cpu", gate_mode="none")
     raw = ins.raw([crops[0]])[0]
     assert raw.class_probs.shape == (4,) and len(set(raw.class_probs.tolist())) == 1
     res = ins.finish(raw, "a")

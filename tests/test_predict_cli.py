@@ -10,46 +10,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import tiny_bundle
 
 from steelscan import rle
 from steelscan.cli import main
 
 IMAGES = ["0a1cade03.jpg", "03db6bbc3.jpg", "000a4bcdd.jpg"]
-# Small real networks keep these tests fast on a shared 2-core CPU.
-TINY_CLASSIFIER = "mobilenetv3_small_050"
-TINY_FILTERS = [4, 8, 16, 32, 64]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """An untrained but real bundle (timm gate + ResUNet); the CLI mechanics do not need skill."""
-    import torch
+    from steelscan.manifest import PostProcess
 
-    from steelscan.bundle import save_bundle
-    from steelscan.manifest import ModelManifest, PostProcess
-    from steelscan.models.factory import create_classifier, create_segmenter, spec_for
-
-    torch.manual_seed(0)
-    clf = create_classifier(TINY_CLASSIFIER, 4)
-    seg = create_segmenter("resunet", None, 4, filters=TINY_FILTERS)
-    man = ModelManifest(
-        steelscan_version="0.1.0",
-        created="2026-01-01T00:00:00",
-        classes=["1", "2", "3", "4"],
-        class_ids=[1, 2, 3, 4],
-        image_height=256,
-        image_width=1600,
-        classifier=spec_for(clf),
-        segmenter=spec_for(seg),
-        postprocess=PostProcess(
-            gate_mode="none",
-            class_thresholds=[0.0] * 4,
-            pixel_thresholds=[0.5] * 4,
-            min_areas=[0] * 4,
-            min_component_areas=[0] * 4,
-        ),
+    pp = PostProcess(
+        gate_mode="none",
+        class_thresholds=[0.0] * 4,
+        pixel_thresholds=[0.5] * 4,
+        min_areas=[0] * 4,
+        min_component_areas=[0] * 4,
     )
-    return save_bundle(tmp_path_factory.mktemp("cli") / "model", man, clf, seg)
+    return tiny_bundle(tmp_path_factory.mktemp("cli") / "model", postprocess=pp)
 
 
 def run(argv: list[str]) -> int:

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from steelscan import rle
-from steelscan.evaluation.tuning import class_dice, grid_dice, tune_postprocess
+from steelscan.evaluation.tuning import (
+    centre_of_plateau,
+    class_dice,
+    grid_dice,
+    image_dice,
+    tune_postprocess,
+)
 from steelscan.inference.postprocess import apply, boxes_from_mask, remove_small_components
 from steelscan.inference.raw import RawPrediction
 from steelscan.manifest import PostProcess
@@ -154,15 +160,15 @@ def test_tuning_improves_and_is_consistent(mode):
     raws, truths = make_case(0)
     base = pp_for(2, mode)
     tuned, before, after = tune_postprocess(raws, truths, base, progress=False)
-    assert before == pytest.approx(class_dice(raws, truths, base).mean())
-    assert after == pytest.approx(class_dice(raws, truths, tuned).mean())  # re-scored, not guessed
+    assert before == pytest.approx(image_dice(raws, truths, base, gate=True).mean())
+    # re-scored as the inspector runs it (hard gate included), not guessed
+    assert after == pytest.approx(image_dice(raws, truths, tuned, gate=True).mean())
+    assert after >= class_dice(raws, truths, tuned).mean() - 1e-12  # the gate only ever helps
     assert after > before + 0.05
     assert tuned.gate_mode == mode
     assert all(a > 0 for a in tuned.min_component_areas)  # the confident specks are filtered
     if mode == "soft":
         assert tuned.class_thresholds == base.class_thresholds  # unused in soft mode
-    else:  # the inspector's any-defect gate must not undo a lowered class threshold
-        assert tuned.gate_threshold <= min(tuned.class_thresholds)
 
 
 def test_tuning_never_worse_than_base():
@@ -176,7 +182,7 @@ def test_tuning_never_worse_than_base():
     for base in (pp_for(2), pp_for(2, "none", pix=0.99, min_area=5000)):
         tuned, before, after = tune_postprocess(raws, truths, base, progress=False)
         assert after >= before
-        assert after == pytest.approx(class_dice(raws, truths, tuned).mean())
+        assert after == pytest.approx(image_dice(raws, truths, tuned, gate=True).mean())
 
 
 def test_tuning_on_real_masks(reference_rle_csv):
@@ -203,6 +209,66 @@ def test_tuning_on_real_masks(reference_rle_csv):
     # filter removes it
     assert after > before + 0.01
     assert tuned.pixel_thresholds != [0.5, 0.5] or tuned.min_component_areas != [0, 0]
+
+
+def test_centre_of_plateau_moves_along_ties_only():
+    table = np.zeros((2, 6, 2, 5))
+    table[1, 1:5, 0, 1:4] = 0.9  # a plateau in class threshold and min area
+    table[1, 3, 1, 0] = 0.95  # a better setting elsewhere is not this function's business
+    assert centre_of_plateau(table, (1, 1, 0, 1)) == (1, 2, 0, 2)
+    assert centre_of_plateau(table, (1, 4, 0, 3)) == (1, 2, 0, 2)
+    lone = np.zeros((1, 3, 1, 3))
+    lone[0, 1, 0, 1] = 1.0
+    assert centre_of_plateau(lone, (0, 1, 0, 1)) == (0, 1, 0, 1)
+
+
+def test_confident_classifier_gets_a_gate_that_skips_clean_images():
+    """With class probabilities near 0 and 1, every class threshold from 0.1 to 0.9 scores the
+    same; the tuner must pick the middle of that range, not 0 (which would never skip an image)."""
+    raws, truths = [], []
+    for i in range(12):
+        t = np.zeros((2, 32, 64), np.uint8)
+        mp = np.zeros((2, 32, 64), np.float32)
+        cp = np.full(2, 0.02, np.float32)
+        if i % 2:
+            c = i % 4 // 2
+            t[c, 8:20, 10:40] = 1
+            mp[c, 8:20, 10:40] = 0.9
+            mp[1 - c, 0:3, 0:3] = 0.9  # a confident false speck the gate should cut
+            cp[c] = 0.97
+        raws.append(RawPrediction(cp, mp))
+        truths.append(t)
+    tuned, before, after = tune_postprocess(raws, truths, pp_for(2, cls=0.0), progress=False)
+    assert after == pytest.approx(1.0)
+    assert all(0.3 <= ct <= 0.7 for ct in tuned.class_thresholds), tuned.class_thresholds
+    assert tuned.gate_threshold >= 0.3
+    clean = [r for r, t in zip(raws, truths, strict=True) if not t.any()]
+    assert all(r.class_probs.max() < tuned.gate_threshold for r in clean)
+
+
+def test_gate_above_class_thresholds_when_it_cuts_false_alarms():
+    """Class 1's classifier misses a real defect (probability 0), so its class threshold must
+    stay 0, which lets false masks through on clean images. Those images have a low defect
+    probability, so a gate above 0 removes them while the defect image (class 0 is sure) stays."""
+    raws, truths = [], []
+    for i in range(8):
+        t = np.zeros((2, 16, 32), np.uint8)
+        mp = np.zeros((2, 16, 32), np.float32)
+        if i < 4:  # defect images: class 0 sure; class 1 real but missed by the classifier
+            t[:, 2:8, 2:20] = 1
+            mp[:, 2:8, 2:20] = 0.9
+            cp = np.array([0.95, 0.0], np.float32)
+        else:  # clean images with a confident false blob in class 1
+            mp[1, 4:12, 4:24] = 0.9
+            cp = np.array([0.05, 0.05], np.float32)
+        raws.append(RawPrediction(cp, mp))
+        truths.append(t)
+    tuned, before, after = tune_postprocess(raws, truths, pp_for(2, cls=0.0), progress=False)
+    assert tuned.class_thresholds[1] == 0.0
+    assert tuned.gate_threshold > 0.05  # above the clean images, above a class threshold
+    assert tuned.gate_threshold <= 0.95
+    assert after == pytest.approx(1.0)
+    assert class_dice(raws, truths, tuned).mean() < 1.0  # without the gate it would not be
 
 
 def test_tuning_rejects_mismatched_inputs():

@@ -130,18 +130,94 @@ def grid_dice(
     return out
 
 
-def class_dice(raws: Sequence[object], truths: Sequence[np.ndarray], pp: PostProcess) -> np.ndarray:
-    """Exact full-resolution mean Dice per class (K,) of ``pp`` applied through ``apply``."""
+def defect_probs(raws: Sequence[object]) -> np.ndarray:
+    """P(any defect) per image as the inspector's hard gate sees it: the max class probability
+    (a one-output classic gate repeats its probability over the K classes, so max is it too)."""
+    return np.array([float(np.max(r.class_probs)) if np.size(r.class_probs) else 0.0 for r in raws])
+
+
+def image_dice(
+    raws: Sequence[object], truths: Sequence[np.ndarray], pp: PostProcess, *, gate: bool = False
+) -> np.ndarray:
+    """Exact full-resolution Dice per image and class (N, K) of ``pp`` applied through ``apply``.
+
+    With ``gate``, a hard-mode ``pp.gate_threshold`` also applies as in the inspector: images
+    whose defect probability is under it get empty masks (their segmentation is skipped).
+    """
+    skipped = (
+        defect_probs(raws) < pp.gate_threshold
+        if gate and pp.gate_mode == "hard"
+        else np.zeros(len(raws), dtype=bool)
+    )
     k = len(pp.pixel_thresholds)
-    sums = np.zeros(k)
-    for raw, truth in zip(raws, truths, strict=True):
-        _, masks = apply(raw.class_probs, raw.mask_probs, pp)
+    out = np.zeros((len(raws), k))
+    for i, (raw, truth) in enumerate(zip(raws, truths, strict=True)):
         t = np.asarray(truth) != 0
+        if skipped[i]:
+            out[i] = ~t.reshape(k, -1).any(1)
+            continue
+        _, masks = apply(raw.class_probs, raw.mask_probs, pp)
         for c in range(k):
-            sums[c] += dice_from_areas(
+            out[i, c] = dice_from_areas(
                 int(masks[c].sum()), int(t[c].sum()), int(np.logical_and(masks[c], t[c]).sum())
             )
-    return sums / max(1, len(truths))
+    return out
+
+
+def class_dice(raws: Sequence[object], truths: Sequence[np.ndarray], pp: PostProcess) -> np.ndarray:
+    """Exact full-resolution mean Dice per class (K,) of ``pp`` applied through ``apply``."""
+    return image_dice(raws, truths, pp).mean(0)
+
+
+def tune_gate(
+    raws: Sequence[object], truths: Sequence[np.ndarray], pp: PostProcess, tol: float = 1e-9
+) -> tuple[float, float]:
+    """Pick the hard gate's threshold for tuned per-class settings ``pp``; returns (threshold,
+    gated Kaggle score).
+
+    A gate at or under every class threshold changes no mask (a class under its threshold is
+    dropped anyway), so that "safe" gate is where the search starts; a higher gate is chosen only
+    where it scores better on validation (it cuts false alarms on clean images). Among equally
+    good gates the middle one wins (:func:`centre_of_plateau`): with a confident classifier that
+    moves the gate off 0, so clean images really skip the segmenter, which is the gate's point.
+    """
+    per_image = image_dice(raws, truths, pp)  # (N, K), nothing gated
+    empty = np.stack([~(np.asarray(t) != 0).reshape(len(t), -1).any(1) for t in truths])
+    dp = defect_probs(raws)
+    safe = float(min(pp.gate_threshold, *pp.class_thresholds))
+    cands = sorted(set(CLASS_THRESHOLDS) | {safe})
+    scores = np.array([np.where((dp < g)[:, None], empty, per_image).mean() for g in cands])
+    start = int(np.argmax(scores))
+    if scores[start] <= scores[cands.index(safe)] + tol:
+        start = cands.index(safe)
+    best = centre_of_plateau(scores[None, :, None, None], (0, start, 0, 0), axes=(1,), tol=tol)[1]
+    return float(cands[best]), float(scores[best])
+
+
+def centre_of_plateau(
+    table: np.ndarray, best: tuple[int, ...], axes: Sequence[int] = (1, 3, 2), tol: float = 1e-9
+) -> tuple[int, ...]:
+    """Move ``best`` to the middle of the run of equally good settings along each of ``axes``.
+
+    Validation scores are flat over wide ranges (a confident classifier scores the same at class
+    thresholds 0.0 to 0.9), and ``argmax`` would return the first value of such a range: its edge.
+    An edge is where a small shift in probabilities (new images, an int8 engine) changes the
+    answer, and a class threshold of 0 also keeps the gate from ever skipping a clean image. The
+    middle of the run scores the same on validation and is the setting least sensitive to such
+    shifts. Axes are visited in order (class threshold, min area, min component area), each with
+    the others held where the previous steps left them, so the score never drops.
+    """
+    idx = list(best)
+    peak = table[tuple(idx)]
+    for axis in axes:
+        line = table[tuple(idx[:axis])][(slice(None),) + tuple(idx[axis + 1 :])]
+        lo = hi = idx[axis]
+        while lo > 0 and line[lo - 1] >= peak - tol:
+            lo -= 1
+        while hi < len(line) - 1 and line[hi + 1] >= peak - tol:
+            hi += 1
+        idx[axis] = (lo + hi) // 2
+    return tuple(idx)
 
 
 def _grid(values: Sequence[float], extra: float, scale: float = 1.0) -> list[float]:
@@ -217,7 +293,9 @@ def tune_postprocess(
             mins.index(base.min_areas[c]),
         )
         best = np.unravel_index(int(np.argmax(table)), table.shape)
-        if table[best] > table[base_idx] + 1e-9:  # ties keep the base settings
+        # A tie keeps the base's pixel threshold, but still moves to the middle of its plateau.
+        best = centre_of_plateau(table, best if table[best] > table[base_idx] + 1e-9 else base_idx)
+        if best != base_idx:
             tuned.pixel_thresholds[c] = float(pix[best[0]])
             tuned.class_thresholds[c] = float(cls[best[1]])
             tuned.min_component_areas[c] = int(comp[best[2]])
@@ -234,12 +312,13 @@ def tune_postprocess(
             tuned.min_component_areas[c] = base.min_component_areas[c]
             tuned.min_areas[c] = base.min_areas[c]
             after_cls[c] = before_cls[c]
+    # Scores are what inference does: the inspector skips images under the hard gate.
+    before = float(image_dice(raws, truths, base, gate=True).mean())
+    after = float(after_cls.mean())
     if mode == "hard":
-        # The inspector skips segmentation when P(any defect) (the max class probability) is under
-        # gate_threshold. At or below every class threshold that gate never removes a class that
-        # apply() keeps, so what inference does equals what was scored here.
-        tuned.gate_threshold = float(min(base.gate_threshold, *tuned.class_thresholds))
-    before, after = float(before_cls.mean()), float(after_cls.mean())
+        tuned.gate_threshold, after = tune_gate(raws, truths, tuned)
+    if after < before:  # the base's own gate did better than anything tuned: keep the base
+        tuned, after = base.model_copy(deep=True), before
     if progress:
         print(f"post-processing tuned: Kaggle score {before:.4f} -> {after:.4f}", file=sys.stderr)
     return tuned, before, after

@@ -247,8 +247,7 @@ def validation_metrics(
     has_segmenter: bool,
 ) -> dict[str, Any]:
     """Kaggle score, Dice on non-empty pairs, the all-empty baseline and the gate accuracy."""
-    from steelscan.evaluation.metrics import dice
-    from steelscan.inference.postprocess import apply
+    from steelscan.evaluation.tuning import image_dice
 
     out: dict[str, Any] = {"val_images_scored": len(raws)}
     pairs = [(t[c] != 0).any() for t in truths for c in range(t.shape[0])]
@@ -259,16 +258,11 @@ def validation_metrics(
             np.mean([g == d for g, d in zip(gate, defective, strict=True)])
         )
     if has_segmenter:
-        scores, nonempty = [], []
-        for r, t in zip(raws, truths, strict=True):
-            _, masks = apply(r.class_probs, r.mask_probs, pp)
-            for c in range(t.shape[0]):
-                d = dice(masks[c], t[c])
-                scores.append(d)
-                if (t[c] != 0).any():
-                    nonempty.append(d)
-        out["kaggle_score"] = float(np.mean(scores))
-        out["mean_dice_nonempty"] = float(np.mean(nonempty)) if nonempty else None
+        # Scored as the inspector runs: with a classifier, the hard gate skips images under it.
+        per_image = image_dice(raws, truths, pp, gate=has_classifier)
+        nonempty = np.stack([(t != 0).reshape(t.shape[0], -1).any(1) for t in truths])
+        out["kaggle_score"] = float(per_image.mean())
+        out["mean_dice_nonempty"] = float(per_image[nonempty].mean()) if nonempty.any() else None
     return out
 
 
