@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from serving import serve_process
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STEELSCAN_SHARED", REPO.parent / "shared"))
@@ -76,14 +77,6 @@ def trained_bundle(tmp_path_factory, synth_small) -> Path:
 
 
 # -- inspection service (tests/test_service.py, tests/test_web.py) ------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def service_images(tmp_path_factory, trained_bundle) -> list[Path]:
     """Real Severstal images (JPEG and PNG) resized to the tiny model's size; synthetic without
@@ -160,52 +153,7 @@ def service_bundle(tmp_path_factory, trained_bundle, service_images) -> Path:
 @pytest.fixture(scope="session")
 def service_url(service_bundle, tmp_path_factory):
     """A real ``steelscan serve`` process on 127.0.0.1 (upload limit 2 MB, queue bound 1)."""
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
-    port = _free_port()
+    args = [str(service_bundle), "--max-upload-mb", "2", "--max-queue", "1", "--max-batch", "8"]
     log = tmp_path_factory.mktemp("service_log") / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "steelscan",
-        "serve",
-        str(service_bundle),
-        "--port",
-        str(port),
-        "--max-upload-mb",
-        "2",
-        "--max-queue",
-        "1",
-        "--max-batch",
-        "8",
-        "--log-level",
-        "warning",
-    ]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"steelscan serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"steelscan serve did not answer /health in time:\n{log.read_text()}")
-            time.sleep(0.3)
+    with serve_process([*args, "--log-level", "warning"], log) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -127,6 +127,13 @@ def test_torch_engine_options_agree_with_plain_float32(inspector, images):
     out = bf.classify(batch)
     assert out.dtype == np.float32 and out.shape == (1, 4)
     np.testing.assert_allclose(out, inspector.engine.classify(batch), atol=0.05)
+    # float16 is a CUDA option: on the CPU it says so and runs float32, with identical results
+    with pytest.warns(RuntimeWarning, match="float16 inference is for CUDA"):
+        half = make_engine("torch", inspector.bundle, device="cpu", fp16=True)
+    assert half.fp16 is False
+    np.testing.assert_allclose(half.segment(batch), plain, atol=1e-6)
+    with pytest.raises(ValueError, match="one of bf16 and fp16"):
+        make_engine("torch", inspector.bundle, device="cpu", bf16=True, fp16=True)
 
 
 def _bf16_ok() -> bool:

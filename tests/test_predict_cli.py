@@ -138,6 +138,9 @@ def test_predict_csv_of_ids_with_a_missing_id(tmp_path, severstal_dir, model_dir
         ("broken", "cannot load the model bundle"),
         ("engine", "unknown engine"),
         ("input", "no such file or folder"),
+        ("both halves", "choose one of --bf16 and --fp16"),
+        ("fp16 on onnx", "--fp16 apply to the torch engine"),
+        ("int8 on torch", "--int8 applies to the onnx and openvino engines"),
     ],
 )
 def test_predict_user_errors_are_one_clear_line(
@@ -153,6 +156,11 @@ def test_predict_user_errors_are_one_clear_line(
         args += ["--engine", "tensorrt"]
     if case == "input":
         args[2] = tmp_path / "nope.jpg"
+    args += {
+        "both halves": ["--bf16", "--fp16"],
+        "fp16 on onnx": ["--engine", "onnx", "--fp16"],
+        "int8 on torch": ["--int8"],
+    }.get(case, [])
     assert run(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err

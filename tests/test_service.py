@@ -410,3 +410,34 @@ def test_serve_refuses_a_missing_or_broken_bundle(tmp_path, service_bundle):
     r = _serve(str(broken))
     assert r.returncode == 2, r.stderr
     assert "cannot load the model bundle" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_runs_an_exported_int8_bundle(tmp_path, service_bundle, service_images, synth_small):
+    """`steelscan serve --engine onnx --int8` on an exported bundle: a real server answers with
+    what the int8 engine computes in-process, and says which precision it runs."""
+    from serving import serve_process
+
+    from steelscan.imageio import read_image
+    from steelscan.inference.export import export_bundle
+    from steelscan.inference.inspector import Inspector
+
+    exported = export_bundle(
+        service_bundle, tmp_path / "onnx", int8=True, calibration=synth_small, calibration_images=2
+    )
+    local = Inspector(exported, engine="onnx", int8=True, strict_size=True)
+    with serve_process([str(exported), "--engine", "onnx", "--int8"], tmp_path / "log") as url:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            m = c.get("/v1/model").json()
+            assert (m["engine"], m["precision"]) == ("onnx", "int8")
+            for path in service_images[:2]:
+                r = _post_file(c, path)
+                assert r.status_code == 200, r.text
+                expected = local.inspect(read_image(path), image_id=path.name)
+                got = [(c_["present"], c_["rle"]) for c_ in r.json()["classes"]]
+                assert got == [(e.present, e.rle() if e.present else "") for e in expected.classes]
+
+
+def test_serve_refuses_flags_that_do_not_fit_the_engine(service_bundle):
+    r = _serve(str(service_bundle), "--int8")
+    assert r.returncode == 2 and "--int8 applies to the onnx and openvino engines" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -46,3 +46,30 @@ def run_guarded(app: typer.Typer, argv: list[str]) -> None:
             raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+
+
+def engine_options(
+    engine: str,
+    *,
+    device: str = "auto",
+    channels_last: bool = False,
+    bf16: bool = False,
+    fp16: bool = False,
+    int8: bool = False,
+) -> dict:
+    """The engine keyword arguments for the precision/layout flags, or a clear error when a flag
+    does not apply to ``engine`` (shared by ``predict`` and ``serve``, so both accept the same)."""
+    opts: dict = {"device": device}
+    if bf16 and fp16:
+        fail("choose one of --bf16 and --fp16")
+    if engine == "torch":
+        opts.update(channels_last=channels_last, bf16=bf16, fp16=fp16)
+    elif engine == "openvino" and bf16 and not channels_last:
+        opts["precision"] = "bf16"
+    elif channels_last or bf16 or fp16:
+        fail("--channels-last and --fp16 apply to the torch engine, --bf16 to torch and openvino")
+    if int8:
+        if engine not in ("onnx", "openvino"):
+            fail("--int8 applies to the onnx and openvino engines (after `steelscan export`)")
+        opts["int8"] = True
+    return opts

@@ -37,6 +37,7 @@ def predict(
     bf16: bool = typer.Option(
         False, "--bf16", help="bfloat16 where the CPU supports it (torch autocast, openvino)."
     ),
+    fp16: bool = typer.Option(False, "--fp16", help="torch engine on CUDA: float16 autocast."),
     int8: bool = typer.Option(False, "--int8", help="onnx engine: run the int8 model."),
     device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1."),
 ) -> None:
@@ -49,7 +50,7 @@ def predict(
     """
     from tqdm import tqdm
 
-    from steelscan.cli.common import fail
+    from steelscan.cli.common import engine_options, fail
     from steelscan.inference.batch import iter_predict_with_images
     from steelscan.inference.inputs import resolve_inputs
     from steelscan.inference.inspector import Inspector
@@ -65,17 +66,9 @@ def predict(
         bundle = load_bundle(model_dir)
     except (ValueError, OSError) as exc:  # BundleError is a ValueError
         fail(f"{model_dir}: cannot load the model bundle: {exc}")
-    opts: dict = {"device": device}
-    if engine == "torch":
-        opts.update(channels_last=channels_last, bf16=bf16)
-    elif engine == "openvino" and bf16 and not channels_last:
-        opts["precision"] = "bf16"
-    elif channels_last or bf16:
-        fail("--channels-last applies to the torch engine, --bf16 to torch and openvino")
-    if int8:
-        if engine not in ("onnx", "openvino"):
-            fail("--int8 applies to the onnx and openvino engines (after `steelscan export`)")
-        opts["int8"] = True
+    opts = engine_options(
+        engine, device=device, channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8
+    )
     try:
         inspector = Inspector(
             bundle, engine=engine, gate_mode=gate, tta=tta, batch_size=batch_size, **opts

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from steelscan.cli.common import fail
+from steelscan.cli.common import engine_options, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,13 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(1, min=1, help="Inference threads (1 suits a CPU)."),
         max_batch: int = typer.Option(16, min=1, help="Most images in one batch request."),
         log_level: str = typer.Option("info", help="uvicorn log level."),
+        bf16: bool = typer.Option(
+            False, "--bf16", help="bfloat16 where the CPU supports it (torch autocast, openvino)."
+        ),
+        fp16: bool = typer.Option(False, "--fp16", help="torch engine on CUDA: float16."),
+        int8: bool = typer.Option(False, "--int8", help="onnx/openvino: run the int8 model."),
+        channels_last: bool = typer.Option(False, "--channels-last", help="torch: NHWC layout."),
+        device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1."),
     ) -> None:
         """Serve the inspection API (/docs) and the web page (/) for one model bundle.
 
@@ -40,8 +47,11 @@ def register(app: typer.Typer) -> None:
 
         if engine not in ("torch", "onnx", "openvino"):
             fail(f"--engine must be torch, onnx or openvino, got {engine!r}")
+        opts = engine_options(
+            engine, device=device, channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8
+        )
         try:
-            service = load_service(model_dir, engine=engine)
+            service = load_service(model_dir, engine=engine, **opts)
         except (ValueError, OSError, RuntimeError, KeyError) as exc:
             fail(f"cannot load the model bundle {model_dir}: {exc}")
         config = ServiceConfig(

@@ -105,7 +105,9 @@ class TorchEngine:
 
     ``channels_last`` changes the memory layout (often faster for convolutions on CPU/GPU);
     ``bf16`` runs under bfloat16 autocast where the hardware supports it and otherwise falls back
-    to float32 with a warning, so the same command line works on every machine.
+    to float32 with a warning, so the same command line works on every machine. ``fp16`` is
+    float16 autocast, for CUDA devices only (CPU float16 kernels are slow or missing: it falls
+    back to float32 there, with a warning).
     """
 
     name = "torch"
@@ -117,12 +119,23 @@ class TorchEngine:
         device: str | None = "auto",
         channels_last: bool = False,
         bf16: bool = False,
+        fp16: bool = False,
     ) -> None:
         import torch
 
+        if bf16 and fp16:
+            raise ValueError("choose one of bf16 and fp16, not both")
         self.device = resolve_device(device)
         self.channels_last = channels_last
         self.bf16 = bool(bf16)
+        self.fp16 = bool(fp16)
+        if self.fp16 and not self.device.startswith("cuda"):
+            warnings.warn(
+                f"float16 inference is for CUDA devices, not {self.device}; running in float32",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.fp16 = False
         if self.bf16 and not bf16_supported(self.device):
             warnings.warn(
                 f"bfloat16 is not supported natively on {self.device}; running in float32",
@@ -130,6 +143,7 @@ class TorchEngine:
                 stacklevel=2,
             )
             self.bf16 = False
+        self.precision = "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
         self.classifier = self._prepare(bundle.classifier)
         self.segmenter = self._prepare(bundle.segmenter)
         self.has_classifier = self.classifier is not None
@@ -153,9 +167,10 @@ class TorchEngine:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        half = torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
         autocast = (
-            torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
-            if self.bf16
+            torch.autocast(device_type=self.device.split(":")[0], dtype=half)
+            if half is not None
             else nullcontext()
         )
         with torch.inference_mode(), autocast:

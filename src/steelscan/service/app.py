@@ -155,8 +155,14 @@ def _overlay_png(image: np.ndarray, result: InspectionResult) -> bytes:
     return encode_png(overlay(image, masks))
 
 
-def load_service(model_dir: str | Path, engine: str = "torch") -> InspectionService:
-    """Load the bundle once; raises the bundle's own clear errors (BundleError, ValueError)."""
+def load_service(
+    model_dir: str | Path, engine: str = "torch", **engine_opts: Any
+) -> InspectionService:
+    """Load the bundle once; raises the bundle's own clear errors (BundleError, ValueError).
+
+    ``engine_opts`` go to the engine (``bf16``, ``int8``, ``device``...), so the service runs the
+    same configurations ``steelscan predict`` does.
+    """
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise FileNotFoundError(f"{model_dir}: model bundle directory not found")
@@ -164,7 +170,7 @@ def load_service(model_dir: str | Path, engine: str = "torch") -> InspectionServ
         raise NotADirectoryError(f"{model_dir}: not a directory (expected a model bundle folder)")
     from steelscan.inference.inspector import Inspector  # imports torch: after the cheap checks
 
-    inspector = Inspector(model_dir, engine=engine, strict_size=True)
+    inspector = Inspector(model_dir, engine=engine, strict_size=True, **engine_opts)
     return InspectionService(
         inspector, version=bundle_version(model_dir, inspector.manifest), engine=engine
     )
@@ -661,6 +667,7 @@ def create_app(service: InspectionService, config: ServiceConfig | None = None) 
             "name": manifest.name,
             "version": service.version,
             "engine": service.engine,
+            "precision": getattr(service.inspector.engine, "precision", "fp32"),
             "steelscan_version": manifest.steelscan_version,
             "created": manifest.created,
             "image_height": manifest.image_height,

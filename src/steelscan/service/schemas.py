@@ -99,6 +99,9 @@ class ModelOut(BaseModel):
     name: str
     version: str
     engine: str
+    precision: str = Field(
+        description="fp32, bf16, fp16, int8 or int8+bf16: what the engine computes in"
+    )
     steelscan_version: str
     created: str
     image_height: int
