@@ -4,26 +4,26 @@ Usage (from the repository root):
 
     .venv/bin/python bench/inference.py --model MODEL_DIR [--export-dir DIR] [--runs 5] [--write]
 
-End to end means decode -> gate -> segment -> post-process -> RLE for real 256x1600 Severstal
-images (``../shared/data/severstal``: the 15 original JPEGs and the 23 re-encoded PNG/JPEGs).
+End to end means decode -> gate -> segment -> post-process -> RLE for 256x1600 images: by default
+the real Severstal images of ``../shared/data/severstal`` (the 15 original JPEGs and the 23
+re-encoded PNG/JPEGs), or the labelled set given with ``--labelled``.
 Every configuration runs on the same model and the same images, in the same process, with the
 runs interleaved (run 1 of every configuration, then run 2, ...) so machine load hits all of them
 alike. Reported per configuration: images/s and the speed-up over the baseline (medians over
 ``--runs``), the median per-image latency, peak resident memory, the fraction of images the hard
 gate let skip segmentation, how many (image, class) RLEs equal the torch fp32 ones, and the Kaggle
-score (mean Dice over (image, class) pairs) on the labelled held-out set (``--labelled``, default
-the 15 original JPEGs).
+score (mean Dice over (image, class) pairs) on the labelled held-out set (``--labelled``).
 
 Baseline: plain PyTorch eager fp32, no pipelining, batch 1 (read, inspect, encode, one image after
 the other). The other configurations use :func:`steelscan.inference.batch.iter_predict`.
 
-``--model`` is a trained bundle; ``--train-model`` first trains one there with the recipe used
-for docs/benchmarks.md (:func:`train_bench_model`: Unet/MobileNetV2 segmenter + MobileNetV2 gate,
-ImageNet encoders from ``../shared/weights``, a few epochs on the 23 re-encoded images; minutes on
-a CPU). Without ``--export-dir`` the bundle is exported here (fp32 + int8, calibrated on
-``--calibration``, by default the re-encoded training images; the labelled held-out set is never
-used for calibration). On a CUDA machine the torch engine also runs on the
-GPU (fp32 and bf16 autocast) and ONNX Runtime's CUDA provider is used where installed.
+``--model`` is a trained bundle; ``bench/inference_model.py`` trains the one docs/benchmarks.md
+reports (Unet/MobileNetV2 segmenter + MobileNetV2 gate from the ImageNet weights in
+``../shared/weights``, on synthetic 256x1600 steel, with a 100-image held-out set). Without
+``--export-dir`` the bundle is exported here (fp32 + int8, calibrated on ``--calibration``; the
+labelled held-out set is never used for calibration). On a CUDA machine the torch engine also
+runs on the GPU (fp32, bf16 and fp16 autocast) and ONNX Runtime's CUDA provider is used where
+installed.
 """
 
 from __future__ import annotations
@@ -148,42 +148,6 @@ def write_section(text: str) -> None:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def train_bench_model(out: Path, data: Path = SHARED / "reencoded") -> Path:
-    """The benchmark's model: short CPU training of the issue's architecture on real images."""
-    from steelscan.training import TrainConfig, train
-
-    weights = REPO.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
-    cfg = TrainConfig(
-        classifier={
-            "arch": "mobilenetv2_100",
-            "encoder_weights": str(weights),
-            "epochs": 3,
-            "lr": 5e-4,
-            "batch_size": 4,
-        },
-        segmenter={
-            "arch": "unet",
-            "encoder": "mobilenet_v2",
-            "encoder_weights": str(weights),
-            "epochs": 24,
-            "lr": 1e-3,
-            "batch_size": 4,
-            "crop_height": 256,
-            "crop_width": 512,
-        },
-        accelerator="cpu",
-        devices=1,
-        precision="32",
-        num_workers=0,
-        early_stopping_patience=None,
-        scheduler="none",
-        tensorboard=False,
-        progress=False,
-        val_fraction=0.25,
-    )
-    return train(data, out, cfg)
 
 
 def build_configs(
@@ -321,9 +285,6 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, required=True, help="trained model bundle")
-    ap.add_argument(
-        "--train-model", action="store_true", help="train --model first (see train_bench_model)"
-    )
     ap.add_argument("--export-dir", type=Path, help="bundle already exported with --int8")
     ap.add_argument(
         "--calibration", type=Path, default=SHARED / "reencoded", help="int8 calibration data"
@@ -341,9 +302,6 @@ def main() -> int:
     if args.runs < 5:
         print("error: --runs must be at least 5 (the median of several runs is reported)")
         return 2
-    if args.train_model:
-        print(f"training the benchmark model into {args.model} ...")
-        train_bench_model(args.model)
     if not (args.model / "manifest.json").is_file():
         print(f"error: {args.model}: not a model bundle (no manifest.json)", file=sys.stderr)
         return 2
@@ -451,6 +409,17 @@ def main() -> int:
     best = max(ok, key=lambda r: r["tp"]) if ok else None
 
     cmd = "python bench/inference.py " + " ".join(sys.argv[1:])
+    real = (
+        SHARED.resolve() in Path(args.labelled).resolve().parents
+        or Path(args.labelled).resolve() == SHARED.resolve()
+    )
+    kind = "real Severstal" if real else "labelled (not from ../shared, e.g. synthetic)"
+    metrics = manifest.metrics or {}
+    val = (
+        f"its validation Kaggle score {metrics['kaggle_score']:.4f}"
+        if isinstance(metrics.get("kaggle_score"), float)
+        else "no validation metrics in its manifest"
+    )
     lines = [
         SECTION,
         "",
@@ -462,13 +431,14 @@ def main() -> int:
         f"Model: `{args.model}` ({manifest.segmenter.arch}/"
         f"{manifest.segmenter.encoder} segmenter, "
         f"{manifest.classifier.arch} gate; gate mode {pp.gate_mode}, "
-        f"threshold {pp.gate_threshold})  ",
-        f"Data: {len(items)} real 256x1600 Severstal images; median of {args.runs} runs; "
+        f"threshold {pp.gate_threshold}; {val})  ",
+        f"Data: {len(items)} {kind} 256x1600 images; median of {args.runs} runs; "
         f"decode/post-process threads: {args.workers}; Kaggle score on the {len(truth)} labelled "
         f"images of `{args.labelled}` (not used for training or calibration)  ",
-        "Reproduce: `python bench/inference.py --model MODEL --train-model --runs 5 --write` "
-        "(trains the model below, exports fp32 + int8 calibrated on the re-encoded images, "
-        "then measures); `--model MODEL --export-dir EXPORTED` reuses both.  ",
+        "Reproduce: `python bench/inference_model.py --out OUT` trains a model like this one "
+        "(and writes OUT/train_data, OUT/heldout), then `python bench/inference.py --model "
+        "OUT/model --calibration OUT/train_data --labelled OUT/heldout --runs 5 --write`; "
+        "`--export-dir EXPORTED` reuses an export.  ",
         "Latency: sequential = wall time per image; pipelined = from the start of the image's "
         "decode until its result is ready (includes queueing behind earlier images).",
         "",

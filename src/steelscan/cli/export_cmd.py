@@ -61,11 +61,12 @@ def export(
         if spec is not None:
             files = ", ".join(f for f in (spec.onnx_file, spec.onnx_int8_file) if f)
             typer.echo(f"  {stage}: {files}")
-    typer.echo(f"use it with: steelscan predict {path} IMAGES --out DIR --engine onnx")
+    typer.echo(
+        f"use it with: steelscan predict {path} IMAGES --out DIR --engine onnx "
+        "(or --engine openvino [--bf16]; the same flags work for steelscan serve)"
+    )
     if int8:
-        typer.echo(
-            "  int8 models: engine option int8=True (Inspector(path, engine='onnx', int8=True))"
-        )
+        typer.echo("  int8 models: add --int8 (Python: Inspector(path, engine='onnx', int8=True))")
 
 
 def register(app: typer.Typer) -> None:
