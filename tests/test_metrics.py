@@ -165,6 +165,10 @@ def test_images_listed_but_absent_count_as_empty(tmp_path):
     rep = score_csvs(truth, pred, images=lst, shape=SHAPE)
     assert rep.num_images == 10 and rep.score == 1.0 and rep.tn == [9, 10, 10, 10]
     assert rep.empty_baseline == pytest.approx(39 / 40)
+    # The image-level defect_and_no_defect.csv spells the column ImageID: same list.
+    kaggle = tmp_path / "defect_and_no_defect.csv"
+    pd.DataFrame({"ImageID": ids, "label": [1] + [0] * 9}).to_csv(kaggle, index=False)
+    assert score_csvs(truth, pred, images=kaggle, shape=SHAPE).num_images == 10
     # Truth rows outside the list are ignored (scoring a validation subset of train.csv).
     truth2 = write_new(tmp_path / "t2.csv", [("a.jpg", 1, "1 4"), ("z.jpg", 2, "1 1")])
     assert score_csvs(truth2, pred, images=["a.jpg"], shape=SHAPE).score == 1.0

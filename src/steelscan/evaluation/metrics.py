@@ -299,7 +299,8 @@ def _read_rle_csv(
 
 
 def read_image_list(path: Path) -> list[str]:
-    """Image ids from a text file (one per line) or a CSV with an ``ImageId`` column."""
+    """Image ids from a text file (one per line) or a CSV with an ``ImageId`` column (any case:
+    the image-level ``defect_and_no_defect.csv`` spells it ``ImageID``)."""
     path = Path(path)
     if not path.is_file():
         raise DataError([DataProblem(str(path), "image list not found")])
@@ -308,9 +309,11 @@ def read_image_list(path: Path) -> list[str]:
     if not lines:
         raise DataError([DataProblem(str(path), "image list is empty")])
     header = [c.strip() for c in lines[0].split(",")]
-    if "ImageId" in header:
+    column = next((c for c in header if c.lower() == "imageid"), None)
+    if column is not None:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        ids = [v.strip() for v in df["ImageId"]]
+        df.columns = [c.strip() for c in df.columns]
+        ids = [v.strip() for v in df[column]]
     elif "," in lines[0]:
         raise DataError(
             [DataProblem(str(path), f"CSV image list needs an ImageId column (header: {header})")]
