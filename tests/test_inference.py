@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import tiny_bundle
+from tiny_models import severstal_manifest, tiny_bundle
 
 from steelscan import rle
 from steelscan.imageio import read_image
@@ -20,28 +20,8 @@ from steelscan.inference.inputs import resolve_inputs
 from steelscan.inference.inspector import Inspector, WrongImageSize
 from steelscan.inference.preprocess import crop, to_batch
 from steelscan.inference.writers import PredictionWriter
-from steelscan.manifest import ModelManifest, PostProcess
 
 IMAGES = ["0a1cade03.jpg", "03db6bbc3.jpg", "000a4bcdd.jpg"]
-
-
-def _manifest(**kw) -> ModelManifest:
-    base = dict(
-        steelscan_version="0.1.0",
-        created="2026-01-01T00:00:00",
-        classes=["1", "2", "3", "4"],
-        class_ids=[1, 2, 3, 4],
-        image_height=256,
-        image_width=1600,
-        postprocess=PostProcess(
-            class_thresholds=[0.5] * 4,
-            pixel_thresholds=[0.5] * 4,
-            min_areas=[0] * 4,
-            min_component_areas=[0] * 4,
-        ),
-    )
-    base.update(kw)
-    return ModelManifest(**base)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +57,7 @@ def crops(images) -> list[np.ndarray]:
 
 # -- preprocessing ------------------------------------------------------------------------------
 def test_to_batch_normalises_pads_and_crops_back():
-    man = _manifest(pad_multiple=32)
+    man = severstal_manifest(pad_multiple=32)
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (100, 200, 3), dtype=np.uint8)
     b = rng.integers(0, 256, (64, 250, 1), dtype=np.uint8)  # grayscale: repeated to 3 channels
@@ -100,7 +80,7 @@ def test_to_batch_normalises_pads_and_crops_back():
 
 
 def test_to_batch_single_channel_model_averages_rgb_stats():
-    man = _manifest(in_channels=1)
+    man = severstal_manifest(in_channels=1)
     img = np.full((32, 32, 3), 128, np.uint8)
     batch, _ = to_batch([img], man)
     assert batch.shape == (1, 1, 32, 32)

@@ -9,6 +9,28 @@ TINY_CLASSIFIER = "mobilenetv3_small_050"
 TINY_FILTERS = [4, 8, 16, 32, 64]
 
 
+def severstal_manifest(**fields):
+    """A Severstal-shaped manifest (4 classes, 256x1600) with ``fields`` overriding the defaults."""
+    from steelscan.manifest import ModelManifest, PostProcess
+
+    base = dict(
+        steelscan_version="0.1.0",
+        created="2026-01-01T00:00:00",
+        classes=["1", "2", "3", "4"],
+        class_ids=[1, 2, 3, 4],
+        image_height=256,
+        image_width=1600,
+        postprocess=PostProcess(
+            class_thresholds=[0.5] * 4,
+            pixel_thresholds=[0.5] * 4,
+            min_areas=[0] * 4,
+            min_component_areas=[0] * 4,
+        ),
+    )
+    base.update(fields)
+    return ModelManifest(**base)
+
+
 def tiny_bundle(
     path: Path,
     *,
@@ -25,7 +47,7 @@ def tiny_bundle(
     import torch
 
     from steelscan.bundle import save_bundle
-    from steelscan.manifest import ModelManifest, PostProcess
+    from steelscan.manifest import PostProcess
     from steelscan.models.factory import create_classifier, create_segmenter, spec_for
 
     torch.manual_seed(seed)
@@ -38,15 +60,5 @@ def tiny_bundle(
         min_areas=[0] * 4,
         min_component_areas=[0] * 4,
     )
-    man = ModelManifest(
-        steelscan_version="0.1.0",
-        created="2026-01-01T00:00:00",
-        classes=["1", "2", "3", "4"],
-        class_ids=[1, 2, 3, 4],
-        image_height=256,
-        image_width=1600,
-        classifier=spec_for(clf),
-        segmenter=spec_for(seg),
-        postprocess=pp,
-    )
+    man = severstal_manifest(classifier=spec_for(clf), segmenter=spec_for(seg), postprocess=pp)
     return save_bundle(path, man, clf, seg)
