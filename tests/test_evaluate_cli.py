@@ -72,6 +72,29 @@ def test_evaluate_report_matches_an_independent_recount(bundle_copy, synth_small
     assert gate["recall_threshold"] is not None
 
 
+def test_evaluate_scores_the_int8_engine_of_an_export(trained_bundle, synth_small, tmp_path):
+    """`evaluate --engine onnx --int8` scores what the int8 engine computes, on the same split."""
+    from steelscan.data import load_dataset
+    from steelscan.evaluation.evaluate import select_records
+    from steelscan.evaluation.metrics import dice
+    from steelscan.inference.export import export_bundle
+    from steelscan.inference.inspector import Inspector
+
+    exported = export_bundle(
+        trained_bundle, tmp_path / "onnx", int8=True, calibration=synth_small, calibration_images=2
+    )
+    out = tmp_path / "eval"
+    assert run(["evaluate", exported, synth_small, "--out", out, "--engine", "onnx", "--int8"]) == 0
+    score = json.loads((out / "metrics.json").read_text())["segmentation"]["score"]
+    int8 = Inspector(exported, engine="onnx", int8=True)
+    scores = []
+    for rec in select_records(load_dataset(synth_small), int8.manifest, "val"):
+        truth = rec.masks()
+        scores += [dice(c.mask, truth[c.index]) for c in int8.inspect(rec.path).classes]
+    assert score == pytest.approx(float(np.mean(scores)), abs=1e-9)
+    assert run(["evaluate", exported, synth_small, "--out", tmp_path / "e2", "--int8"]) == 2
+
+
 def test_evaluate_refuses_a_dataset_with_other_classes(trained_bundle, neu_dir, tmp_path, capsys):
     code = run(["evaluate", trained_bundle, neu_dir, "--out", tmp_path / "e"])
     assert code == 2

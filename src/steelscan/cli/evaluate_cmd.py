@@ -14,14 +14,27 @@ def evaluate(
     split: str = typer.Option(
         "val", "--split", help="'val': the model's own validation split; 'all': every image."
     ),
-    engine: str = typer.Option("torch", "--engine", help="Inference engine: torch or onnx."),
+    engine: str = typer.Option(
+        "torch", "--engine", help="Runtime: torch, or onnx / openvino after `steelscan export`."
+    ),
     gate: str | None = typer.Option(None, "--gate", help="Override gate mode: hard|soft|none."),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 (torch autocast, openvino)."),
+    fp16: bool = typer.Option(False, "--fp16", help="torch engine on CUDA: float16."),
+    int8: bool = typer.Option(False, "--int8", help="onnx/openvino: run the int8 model."),
+    device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1."),
 ) -> None:
     """Gate accuracy, ROC-AUC, confusion matrix, recall-0.99 threshold; Kaggle score, Dice per
-    class and the all-empty baseline; box mAP@0.5 for box datasets."""
+    class and the all-empty baseline; box mAP@0.5 for box datasets.
+
+    With an exported bundle, --engine/--bf16/--int8 score the faster engines on the same split,
+    e.g. to check that int8 keeps the float32 score before putting it on the line."""
+    from steelscan.cli.common import engine_options, fail
     from steelscan.evaluation.evaluate import evaluate as run_evaluate
 
-    m = run_evaluate(model_dir, data, out, split=split, engine=engine, gate_mode=gate)
+    if engine not in ("torch", "onnx", "openvino"):
+        fail(f"--engine must be torch, onnx or openvino, got {engine!r}")
+    opts = engine_options(engine, device=device, bf16=bf16, fp16=fp16, int8=int8)
+    m = run_evaluate(model_dir, data, out, split=split, engine=engine, gate_mode=gate, **opts)
     seg = m["segmentation"]
     typer.echo(f"{m['n_images']} images ({split})")
     typer.echo(f"mean Dice on non-empty pairs {seg['dice_nonempty']:.4f}")
