@@ -246,6 +246,26 @@ def test_confident_classifier_gets_a_gate_that_skips_clean_images():
     assert all(r.class_probs.max() < tuned.gate_threshold for r in clean)
 
 
+def test_gate_never_below_the_lowest_class_threshold():
+    """A gate under every class threshold scores the same as one at the lowest of them but skips
+    fewer images: the tuner must not 'centre' the gate down there."""
+    from steelscan.evaluation.tuning import tune_gate
+
+    raws, truths = [], []
+    for i in range(6):
+        t = np.zeros((2, 8, 8), np.uint8)
+        mp = np.zeros((2, 8, 8), np.float32)
+        cp = np.array([0.15, 0.0], np.float32) if i % 2 else np.array([0.0, 0.0], np.float32)
+        if i % 2:  # a barely confident defect: any gate above 0.15 would lose it
+            t[0, 2:6, 2:6] = 1
+            mp[0, 2:6, 2:6] = 0.9
+        raws.append(RawPrediction(cp, mp))
+        truths.append(t)
+    pp = pp_for(2, cls=0.1)
+    gate, score = tune_gate(raws, truths, pp)
+    assert gate == pytest.approx(0.1) and score == pytest.approx(1.0)
+
+
 def test_gate_above_class_thresholds_when_it_cuts_false_alarms():
     """Class 1's classifier misses a real defect (probability 0), so its class threshold must
     stay 0, which lets false masks through on clean images. Those images have a low defect

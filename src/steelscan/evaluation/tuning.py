@@ -185,7 +185,8 @@ def tune_gate(
     empty = np.stack([~(np.asarray(t) != 0).reshape(len(t), -1).any(1) for t in truths])
     dp = defect_probs(raws)
     safe = float(min(pp.gate_threshold, *pp.class_thresholds))
-    cands = sorted(set(CLASS_THRESHOLDS) | {safe})
+    # Gates under the safe one change nothing either, but skip fewer images: never below it.
+    cands = sorted(g for g in set(CLASS_THRESHOLDS) | {safe} if g >= safe)
     scores = np.array([np.where((dp < g)[:, None], empty, per_image).mean() for g in cands])
     start = int(np.argmax(scores))
     if scores[start] <= scores[cands.index(safe)] + tol:
