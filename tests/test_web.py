@@ -57,6 +57,7 @@ def test_page_shows_overlay_table_toggles_and_threshold(
     page.goto(service_url + "/")
     page.wait_for_selector("#legend input[type=checkbox]")  # legend built from /v1/model
     assert page.locator("#legend li").count() == 4
+    assert page.locator("#model-info").inner_text().endswith("torch fp32")  # engine, precision
 
     image = service_images[0]  # a real Severstal image at the tiny model's size
     page.set_input_files("#file-input", str(image))

@@ -75,7 +75,7 @@ async function loadModel() {
     if (!res.ok) throw new Error((await res.json()).message || res.statusText);
     state.model = await res.json();
     state.classes = state.model.classes;
-    info.textContent = `${state.model.name} · ${state.model.version} · ${state.model.engine}`;
+    info.textContent = `${state.model.name} · ${state.model.version} · ${state.model.engine}${state.model.precision ? " " + state.model.precision : ""}`;
     $("#size-hint").textContent =
       `${state.model.image_width} × ${state.model.image_height} px, up to ` +
       `${Math.round(state.model.limits.max_upload_bytes / 1048576)} MB each`;
