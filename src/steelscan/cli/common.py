@@ -57,8 +57,13 @@ def engine_options(
     fp16: bool = False,
     int8: bool = False,
 ) -> dict:
-    """The engine keyword arguments for the precision/layout flags, or a clear error when a flag
-    does not apply to ``engine`` (shared by ``predict`` and ``serve``, so both accept the same)."""
+    """The engine keyword arguments for the precision/layout flags, or a clear error for an
+    unknown engine or a flag that does not apply to it (shared by ``predict``, ``serve`` and
+    ``evaluate``, so all three accept the same)."""
+    from steelscan.inference.engines import available_engines
+
+    if engine not in available_engines():
+        fail(f"unknown engine {engine!r}; choose one of: {', '.join(available_engines())}")
     opts: dict = {"device": device}
     if bf16 and fp16:
         fail("choose one of --bf16 and --fp16")

@@ -28,11 +28,9 @@ def evaluate(
 
     With an exported bundle, --engine/--bf16/--int8 score the faster engines on the same split,
     e.g. to check that int8 keeps the float32 score before putting it on the line."""
-    from steelscan.cli.common import engine_options, fail
+    from steelscan.cli.common import engine_options
     from steelscan.evaluation.evaluate import evaluate as run_evaluate
 
-    if engine not in ("torch", "onnx", "openvino"):
-        fail(f"--engine must be torch, onnx or openvino, got {engine!r}")
     opts = engine_options(engine, device=device, bf16=bf16, fp16=fp16, int8=int8)
     m = run_evaluate(model_dir, data, out, split=split, engine=engine, gate_mode=gate, **opts)
     seg = m["segmentation"]

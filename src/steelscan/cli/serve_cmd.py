@@ -45,8 +45,6 @@ def register(app: typer.Typer) -> None:
 
         from steelscan.service.app import ServiceConfig, create_app, load_service
 
-        if engine not in ("torch", "onnx", "openvino"):
-            fail(f"--engine must be torch, onnx or openvino, got {engine!r}")
         opts = engine_options(
             engine, device=device, channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8
         )

@@ -60,6 +60,19 @@ def select_records(ds: Dataset, manifest: ModelManifest, split: str) -> list[Ann
     return [r for r in ds.records if r.image_id in keep]
 
 
+def split_records(
+    data: str | Path, manifest: ModelManifest, split: str
+) -> tuple[Dataset, list[AnnotatedImage]]:
+    """Load ``data``, check it fits the model and return it with the records of ``split``
+    (a DataError when the split is empty)."""
+    ds = load_dataset(data)
+    check_compatible(ds, manifest)
+    records = select_records(ds, manifest, split)
+    if not records:
+        raise DataError(f"{data}: no images in the '{split}' split")
+    return ds, records
+
+
 def iter_samples(
     inspector: Any, records: list[AnnotatedImage], *, skip_gated: bool = True, progress: bool = True
 ) -> Iterator[Sample]:
@@ -109,11 +122,7 @@ def evaluate(
 
     inspector = Inspector(model, engine=engine, gate_mode=gate_mode, **engine_opts)
     manifest = inspector.manifest
-    ds = load_dataset(data)
-    check_compatible(ds, manifest)
-    records = select_records(ds, manifest, split)
-    if not records:
-        raise DataError(f"{data}: no images in the '{split}' split")
+    ds, records = split_records(data, manifest, split)
     k = manifest.num_classes
     acc = DiceAccumulator(manifest.class_ids, manifest.classes)
     y_any, p_any, y_cls, p_cls = [], [], [], []
@@ -181,11 +190,7 @@ def tune(
 
     inspector = Inspector(model, gate_mode=gate_mode)
     manifest = inspector.manifest
-    ds = load_dataset(data)
-    check_compatible(ds, manifest)
-    records = select_records(ds, manifest, split)
-    if not records:
-        raise DataError(f"{data}: no images in the '{split}' split")
+    _, records = split_records(data, manifest, split)
     raws, truths = [], []
     for s in iter_samples(inspector, records, skip_gated=False, progress=progress):
         raws.append(s.raw)
