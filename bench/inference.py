@@ -231,7 +231,7 @@ def build_configs(
 
 def child(job: dict[str, Any]) -> dict[str, Any]:
     """One timed run of one configuration, in a fresh process (own memory peak, own threads)."""
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     c = Config(**job["config"])
     items = [(i, Path(p)) for i, p in job["items"]]
@@ -352,7 +352,7 @@ def main() -> int:
         cfgs = [
             c for c in cfgs if c.name.startswith("baseline") or any(s in c.name for s in args.only)
         ]
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     probe = Inspector(exported, engine="onnx")  # fails early if the export lacks a stage
     pp, manifest = probe.postprocess, probe.manifest

@@ -46,7 +46,7 @@ def main() -> int:
     from steelscan.bundle import load_bundle
     from steelscan.data import load_dataset
     from steelscan.evaluation.evaluate import evaluate, iter_samples, select_records
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
     from steelscan.training import TrainConfig, train
     from steelscan.training.config import ClassifierConfig, SegmenterConfig
 

@@ -124,7 +124,7 @@ def service_bundle(tmp_path_factory, trained_bundle, service_images) -> Path:
     import numpy as np
 
     from steelscan.imageio import read_image
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
     from steelscan.manifest import ModelManifest
 
     dst = tmp_path_factory.mktemp("service_bundle") / "model"

@@ -1,4 +1,5 @@
-"""The pipelined streaming predictor: order, completeness, bad inputs, back-pressure, shutdown."""
+"""The one predictor's stream: order, completeness, bad inputs, back-pressure, shutdown, and the
+inline schedule giving exactly what the pipelined one gives."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steelscan.inference.batch import iter_predict, iter_predict_with_images
-
 
 @pytest.fixture(scope="module")
 def inspector(trained_bundle: Path):
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     return Inspector(trained_bundle, engine="torch", device="cpu", batch_size=3)
+
+
+def iter_predict(predictor, items, batch_size=None, workers=2, queue_size=None):
+    if batch_size is not None:
+        predictor.batch_size = batch_size
+    for p in predictor.stream(items, workers=workers, queue_size=queue_size):
+        yield p.result
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +41,10 @@ def test_every_input_once_in_order_and_same_as_inspect_batch(inspector, real_ima
     results = list(iter_predict(inspector, items, batch_size=3, workers=2))
     assert [r.image_id for r in results] == [p.name for p in real_images]
     assert all(r.error is None for r in results)
+    inline = list(iter_predict(inspector, items, batch_size=3, workers=0))
+    for got, want in zip(results, inline, strict=True):
+        assert [c.rle() for c in got.classes] == [c.rle() for c in want.classes]
+        assert got.defect_probability == want.defect_probability
     expected = inspector.inspect_batch([(p.name, read_image(p)) for p in real_images])
     for got, want in zip(results, expected, strict=True):
         assert (got.height, got.width) == (256, 1600)
@@ -60,6 +70,8 @@ def test_unreadable_images_yield_errors_and_the_stream_goes_on(inspector, real_i
     ]
     results = list(iter_predict(inspector, items, batch_size=2, workers=2))
     assert [r.image_id for r in results] == [i for i, _ in items]
+    inline = list(iter_predict(inspector, items, batch_size=2, workers=0))
+    assert [r.error for r in inline] == [r.error for r in results]
     errors = {r.image_id: r.error for r in results if r.error}
     assert set(errors) == {"truncated", "missing", "text"}
     assert "truncated.jpg" in errors["truncated"] and "missing.jpg" in errors["missing"]
@@ -73,7 +85,8 @@ def test_unreadable_images_yield_errors_and_the_stream_goes_on(inspector, real_i
 
 def test_images_come_back_with_results(inspector, real_images):
     items = [(p.name, p) for p in real_images[:3]] + [("bad", b"not an image")]
-    out = list(iter_predict_with_images(inspector, items, batch_size=2))
+    inspector.batch_size = 2
+    out = [(p.result, p.image) for p in inspector.stream(items, keep_images=True)]
     assert [r.image_id for r, _ in out] == [p.name for p in real_images[:3]] + ["bad"]
     assert all(img.shape == (256, 1600, 3) and img.dtype == np.uint8 for _, img in out[:3])
     assert out[3][1] is None and out[3][0].error

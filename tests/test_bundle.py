@@ -171,13 +171,13 @@ def test_missing_directory(tmp_path) -> None:
 def test_missing_manifest(bundle) -> None:
     (bundle / MANIFEST_NAME).unlink()
     with pytest.raises(BundleError, match=r"manifest.json is missing"):
-        load_bundle(bundle)
+        load_bundle(bundle, weights=True)
 
 
 def test_manifest_not_json(bundle) -> None:
     (bundle / MANIFEST_NAME).write_text("{ not json")
     with pytest.raises(BundleError, match=r"manifest.json is not valid JSON \(line 1"):
-        load_bundle(bundle)
+        load_bundle(bundle, weights=True)
 
 
 def test_manifest_names_the_bad_field(bundle) -> None:
@@ -186,7 +186,7 @@ def test_manifest_names_the_bad_field(bundle) -> None:
     data["in_channels"] = "one"
     (bundle / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(BundleError) as err:
-        load_bundle(bundle)
+        load_bundle(bundle, weights=True)
     msg = str(err.value)
     assert "manifest.json is invalid" in msg
     assert "field 'postprocess'" in msg and "field 'in_channels'" in msg
@@ -197,13 +197,13 @@ def test_newer_format_version_is_refused(bundle) -> None:
     data["format_version"] = 99
     (bundle / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(BundleError, match="format_version 99 was written by a newer steelscan"):
-        load_bundle(bundle)
+        load_bundle(bundle, weights=True)
 
 
 def test_missing_weights_file(bundle) -> None:
     (bundle / "segmenter.safetensors").unlink()
     with pytest.raises(BundleError, match=r"segmenter.safetensors is missing \(named by manifest"):
-        load_bundle(bundle)
+        load_bundle(bundle, weights=True)
 
 
 def test_truncated_weights_file(bundle) -> None:
@@ -211,10 +211,10 @@ def test_truncated_weights_file(bundle) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(BundleError, match=r"classifier.safetensors is corrupted"):
-        load_bundle(bundle)
+        load_bundle(bundle, weights=True)
     path.write_bytes(b"\x00" * 16)
     with pytest.raises(BundleError, match=r"classifier.safetensors is corrupted"):
-        load_bundle(bundle)
+        load_bundle(bundle, weights=True)
 
 
 def test_weights_that_do_not_match_the_manifest(bundle) -> None:
@@ -222,7 +222,7 @@ def test_weights_that_do_not_match_the_manifest(bundle) -> None:
     data["classifier"]["num_outputs"] = 3  # head shape no longer matches the stored weights
     (bundle / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(BundleError) as err:
-        load_bundle(bundle)
+        load_bundle(bundle, weights=True)
     msg = str(err.value)
     assert "classifier.safetensors does not match the classifier" in msg
     assert "size mismatch" in msg
@@ -233,7 +233,7 @@ def test_weights_file_must_stay_inside_the_bundle(bundle) -> None:
     data["segmenter"]["weights_file"] = "../elsewhere.safetensors"
     (bundle / MANIFEST_NAME).write_text(json.dumps(data))
     with pytest.raises(BundleError, match="segmenter.weights_file must be a file name inside"):
-        load_bundle(bundle)
+        load_bundle(bundle, weights=True)
 
 
 def test_save_rejects_inconsistent_arguments(tmp_path, models) -> None:

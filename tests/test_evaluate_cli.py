@@ -45,7 +45,7 @@ def test_evaluate_report_matches_an_independent_recount(bundle_copy, synth_small
     from steelscan.data import load_dataset
     from steelscan.evaluation.evaluate import select_records
     from steelscan.evaluation.metrics import dice
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     out = tmp_path / "eval"
     assert run(["evaluate", bundle_copy, synth_small, "--out", out]) == 0
@@ -78,7 +78,7 @@ def test_evaluate_scores_the_int8_engine_of_an_export(trained_bundle, synth_smal
     from steelscan.evaluation.evaluate import select_records
     from steelscan.evaluation.metrics import dice
     from steelscan.inference.export import export_bundle
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     exported = export_bundle(
         trained_bundle, tmp_path / "onnx", int8=True, calibration=synth_small, calibration_images=2

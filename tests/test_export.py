@@ -62,7 +62,7 @@ def test_export_writes_valid_onnx_and_keeps_the_bundle(exported: Path, trained_b
 
 def test_onnx_fp32_matches_torch_on_real_images(exported: Path, severstal_dir: Path):
     from steelscan.imageio import read_image
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     files = _real_images(severstal_dir)[:20]  # 15 original JPEGs + re-encoded PNG/JPEGs
     torch_ins = Inspector(exported, engine="torch", device="cpu", gate_mode="none", batch_size=4)
@@ -107,7 +107,7 @@ def test_dynamic_batch_and_size(exported: Path, severstal_dir: Path):
 
 def test_int8_is_sane_against_fp32(exported: Path, severstal_dir: Path):
     from steelscan.imageio import read_image
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     files = _real_images(severstal_dir)[:20]  # as the onnx parity test
     fp32 = Inspector(exported, engine="onnx", gate_mode="none")
@@ -182,7 +182,7 @@ def test_openvino_engine_agrees_with_torch_on_real_images(
     """OpenVINO compiles the exported ONNX files: fp32 must match torch; bf16 stay close."""
     pytest.importorskip("openvino")
     from steelscan.imageio import read_image
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     files = _real_images(severstal_dir)[:20]  # as the onnx parity test
     torch_ins = Inspector(exported, engine="torch", device="cpu", gate_mode="none", batch_size=4)
@@ -212,7 +212,7 @@ def test_openvino_engine_agrees_with_torch_on_real_images(
 
 def test_openvino_engine_needs_an_export(trained_bundle: Path):
     pytest.importorskip("openvino")
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     with pytest.raises(ValueError, match="steelscan export"):
         Inspector(trained_bundle, engine="openvino")
@@ -250,7 +250,7 @@ def test_openvino_int8_agrees_with_onnx_runtime_int8(exported: Path, severstal_d
     shapes OpenVINO once did not (the engine now compiles per static shape), at any batch size."""
     pytest.importorskip("openvino")
     from steelscan.imageio import read_image
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     arrays = [read_image(p) for p in _real_images(severstal_dir)[:5]]
     ort_ins = Inspector(exported, engine="onnx", int8=True, gate_mode="none", batch_size=4)

@@ -17,7 +17,7 @@ from steelscan import rle
 from steelscan.imageio import read_image
 from steelscan.inference.engines import ENGINES, available_engines, make_engine
 from steelscan.inference.inputs import resolve_inputs
-from steelscan.inference.inspector import Inspector, WrongImageSize
+from steelscan.inference.predictor import Inspector, WrongImageSize
 from steelscan.inference.preprocess import crop, to_batch
 from steelscan.inference.writers import PredictionWriter
 

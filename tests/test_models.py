@@ -13,7 +13,6 @@ from torch import nn
 from steelscan.manifest import StageSpec
 from steelscan.models.factory import (
     SegmentationModel,
-    any_defect_probability,
     build_from_spec,
     create_classifier,
     create_segmenter,
@@ -206,11 +205,10 @@ def test_unknown_classifier_suggests_names() -> None:
 
 
 def test_any_defect_probability() -> None:
+    from steelscan.inference.postprocess import any_defect_probability
+
     p = np.array([[0.1, 0.7, 0.2, 0.0], [0.2, 0.2, 0.2, 0.2]], dtype=np.float32)
     np.testing.assert_allclose(any_defect_probability(p), [0.7, 0.2])
-    np.testing.assert_allclose(
-        any_defect_probability(p, how="noisy_or"), [1 - 0.9 * 0.3 * 0.8, 1 - 0.8**4], rtol=1e-6
-    )
     gate = np.array([[0.33], [0.9]], dtype=np.float32)  # the one-output classic gate
     np.testing.assert_allclose(any_defect_probability(gate), [0.33, 0.9])
     t = torch.tensor(p)

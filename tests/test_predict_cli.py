@@ -159,7 +159,7 @@ def test_predict_user_errors_are_one_clear_line(
     args += {
         "both halves": ["--bf16", "--fp16"],
         "fp16 on onnx": ["--engine", "onnx", "--fp16"],
-        "int8 on torch": ["--int8"],
+        "int8 on torch": ["--engine", "torch", "--int8"],
     }.get(case, [])
     assert run(args) == 2
     err = capsys.readouterr().err.strip()
@@ -172,6 +172,7 @@ def test_predict_engine_options_tta_gate_and_summary(tmp_path, severstal_dir, mo
     Image.open(severstal_dir / "images" / IMAGES[1]).crop((0, 0, 384, 256)).save(img)
     out = tmp_path / "out"
     args = ["predict", model_dir, img, "--out", out, "--tta", "--channels-last", "--gate", "hard"]
+    args += ["--engine", "torch"]
     assert run(args + ["--batch-size", "1", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "images inspected: 1" in text and "img/s" in text

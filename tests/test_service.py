@@ -38,7 +38,7 @@ def client(service_url):
 @pytest.fixture(scope="module")
 def inspector(service_bundle):
     """The same bundle in-process: the server's answers must equal the library's."""
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     return Inspector(service_bundle, strict_size=True)
 
@@ -419,7 +419,7 @@ def test_serve_runs_an_exported_int8_bundle(tmp_path, service_bundle, service_im
 
     from steelscan.imageio import read_image
     from steelscan.inference.export import export_bundle
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     exported = export_bundle(
         service_bundle, tmp_path / "onnx", int8=True, calibration=synth_small, calibration_images=2

@@ -323,7 +323,7 @@ def test_classic_resnet50_gate_and_classifier_crops_train_and_run(synth_small, t
     """The course's one-output ResNet50 gate trains on crops and drives the Inspector's gate."""
     from steelscan.bundle import load_bundle
     from steelscan.imageio import read_image
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Inspector
 
     cfg = TrainConfig.tiny().with_overrides(
         {

@@ -27,7 +27,6 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +42,50 @@ class BundleError(ValueError):
     """A bundle cannot be written or read; the message names the file and what is wrong."""
 
 
-@dataclass
-class LoadedBundle:
-    """A bundle rebuilt in memory; models are in eval mode on the requested device."""
+_UNLOADED: Any = object()
 
-    manifest: ModelManifest
-    classifier: Any  # torch.nn.Module | None
-    segmenter: Any  # torch.nn.Module | None
-    path: Path
+
+class LoadedBundle:
+    """A bundle: its manifest and its directory; the torch networks are built on first use.
+
+    The runtime engines (onnx, openvino) read only the manifest and their ONNX files, so a
+    bundle loaded for them never imports torch. ``classifier`` / ``segmenter`` rebuild the
+    networks from the safetensors weights the first time they are asked for (the torch engine,
+    export, training); training passes its in-memory networks instead.
+    """
+
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        classifier: Any = _UNLOADED,
+        segmenter: Any = _UNLOADED,
+        path: str | os.PathLike | None = None,
+        *,
+        device: str = "cpu",
+    ) -> None:
+        self.manifest = manifest
+        self.path = Path(path) if path is not None else Path(".")
+        self.device = device
+        self._modules: dict[str, Any] = {"classifier": classifier, "segmenter": segmenter}
+
+    def _stage(self, stage: str) -> Any:
+        if self._modules[stage] is _UNLOADED:
+            self._modules[stage] = _load_stage(self.path, self.manifest, stage, self.device)
+        return self._modules[stage]
+
+    @property
+    def classifier(self) -> Any:  # torch.nn.Module | None
+        return self._stage("classifier")
+
+    @property
+    def segmenter(self) -> Any:  # torch.nn.Module | None
+        return self._stage("segmenter")
+
+    def load_weights(self) -> LoadedBundle:
+        """Build both networks now (so a broken weights file fails at load, not mid-run)."""
+        self._stage("classifier")
+        self._stage("segmenter")
+        return self
 
 
 # --------------------------------------------------------------------------- helpers
@@ -252,16 +287,25 @@ def _load_stage(bundle: Path, manifest: ModelManifest, stage: str, device: str) 
     return model.to(device).eval()
 
 
-def load_bundle(path: str | os.PathLike, device: str = "cpu") -> LoadedBundle:
-    """Rebuild a bundle's networks from its manifest and weights (no network, no unpickling)."""
+def load_bundle(
+    path: str | os.PathLike, device: str = "cpu", *, weights: bool = False
+) -> LoadedBundle:
+    """Read a bundle (no network, no unpickling). The torch networks are rebuilt from their
+    safetensors weights on first use, or now with ``weights=True``; the weights files must exist
+    either way."""
     manifest = read_manifest(path)
     p = Path(path)
     bundle = p.parent if p.is_file() else p
     if manifest.classifier is None and manifest.segmenter is None:
         raise BundleError(f"{bundle / MANIFEST_NAME} describes no classifier and no segmenter")
-    classifier = _load_stage(bundle, manifest, "classifier", device)
-    segmenter = _load_stage(bundle, manifest, "segmenter", device)
-    return LoadedBundle(manifest, classifier, segmenter, bundle)
+    for stage in STAGES:
+        spec = getattr(manifest, stage)
+        if spec is not None:
+            wpath = _weights_path(bundle, spec, stage)
+            if not wpath.is_file():
+                raise BundleError(f"{wpath} is missing (named by manifest.{stage}.weights_file)")
+    loaded = LoadedBundle(manifest, path=bundle, device=device)
+    return loaded.load_weights() if weights else loaded
 
 
 load_model = load_bundle

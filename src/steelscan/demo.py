@@ -46,12 +46,9 @@ def run_demo(
 
     ``config`` replaces the demo's training preset (tests use ``TrainConfig.tiny()``).
     """
-    from steelscan.bundle import load_bundle
-    from steelscan.data import load_dataset
     from steelscan.data.synthetic import synthesize
-    from steelscan.evaluation.evaluate import evaluate, select_records
-    from steelscan.imageio import read_image
-    from steelscan.inference.inspector import Inspector
+    from steelscan.evaluation.evaluate import evaluate, predictions, split_records
+    from steelscan.inference.predictor import Predictor
     from steelscan.inference.writers import PredictionWriter
     from steelscan.training import TrainConfig, train
 
@@ -74,17 +71,15 @@ def run_demo(
     model = train(data, out / "model", cfg)
 
     log("[3/5] predicting the validation images (submission.csv, predictions.jsonl, overlays)")
-    bundle = load_bundle(model)
-    inspector = Inspector(bundle)
-    ds = load_dataset(data)
-    val = select_records(ds, bundle.manifest, "val")
+    predictor = Predictor(model)
+    log(f"      engine: {predictor.engine_label}")
+    _, val = split_records(data, predictor.manifest, "val")
     with PredictionWriter(out / "predictions", overlays=True) as writer:
-        for rec in val:
-            img = read_image(rec.path, channels=bundle.manifest.in_channels)
-            writer.write(inspector.inspect(img, rec.image_id), path=rec.path, image=img, truth=rec)
+        for rec, pred in predictions(predictor, val, keep_images=True, progress=progress):
+            writer.write(pred.result, path=rec.path, image=pred.image, truth=rec)
 
     log("[4/5] evaluating on the validation split")
-    m = evaluate(bundle, data, out / "report", split="val", progress=progress)
+    m = evaluate(predictor, data, out / "report", split="val", progress=progress)
     seg = m["segmentation"]
     gate = m["gate"]
     result = DemoResult(

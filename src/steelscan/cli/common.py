@@ -30,7 +30,7 @@ def fail(message: str, code: int = 2) -> None:
 def _user_error_types() -> tuple[type[BaseException], ...]:
     """User-error types of the heavier layers, imported only once an error has happened."""
     from steelscan.bundle import BundleError
-    from steelscan.inference.inspector import WrongImageSize
+    from steelscan.inference.predictor import WrongImageSize
     from steelscan.models.pretrained import PretrainedWeightsError
     from steelscan.training.config import ConfigError
 
@@ -62,11 +62,19 @@ def engine_options(
     ``evaluate``, so all three accept the same)."""
     from steelscan.inference.engines import available_engines
 
-    if engine not in available_engines():
-        fail(f"unknown engine {engine!r}; choose one of: {', '.join(available_engines())}")
+    names = ["auto", *available_engines()]
+    if engine not in names:
+        fail(f"unknown engine {engine!r}; choose one of: {', '.join(names)}")
     opts: dict = {"device": device}
     if bf16 and fp16:
         fail("choose one of --bf16 and --fp16")
+    if engine == "auto":
+        if channels_last or bf16 or fp16 or int8:
+            fail(
+                "--engine auto picks the precision itself; name an engine "
+                "(--engine torch|onnx|openvino) to force --bf16, --fp16, --int8 or --channels-last"
+            )
+        return opts
     if engine == "torch":
         opts.update(channels_last=channels_last, bf16=bf16, fp16=fp16)
     elif engine == "openvino" and bf16 and not channels_last:

@@ -12,10 +12,15 @@ def evaluate(
     data: Path = typer.Argument(..., help="Labelled dataset (Severstal or VOC layout)."),
     out: Path = typer.Option(..., "--out", help="Folder for report.md, plots and metrics.json."),
     split: str = typer.Option(
-        "val", "--split", help="'val': the model's own validation split; 'all': every image."
+        "auto",
+        "--split",
+        help="auto: every image, or the validation split on the model's own training data; "
+        "val; all.",
     ),
     engine: str = typer.Option(
-        "torch", "--engine", help="Runtime: torch, or onnx / openvino after `steelscan export`."
+        "auto",
+        "--engine",
+        help="Runtime: auto (fastest recorded as keeping the score), torch, onnx, openvino.",
     ),
     gate: str | None = typer.Option(None, "--gate", help="Override gate mode: hard|soft|none."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 (torch autocast, openvino)."),
@@ -34,11 +39,14 @@ def evaluate(
     opts = engine_options(engine, device=device, bf16=bf16, fp16=fp16, int8=int8)
     m = run_evaluate(model_dir, data, out, split=split, engine=engine, gate_mode=gate, **opts)
     seg = m["segmentation"]
-    typer.echo(f"{m['n_images']} images ({split})")
+    which = "the model's validation split" if m["split"] == "val" else "every image"
+    typer.echo(f"{m['n_images']} images scored ({which}) with {m['engine']}")
     typer.echo(f"mean Dice on non-empty pairs {seg['dice_nonempty']:.4f}")
     typer.echo(f"Kaggle score {seg['score']:.4f}  (all-empty baseline {seg['empty_baseline']:.4f})")
     if m["gate"] is not None:
         typer.echo(f"gate accuracy {m['gate']['defect']['accuracy']:.4f}")
+    if m["gate"] is not None and "top1_accuracy" in m["gate"]:
+        typer.echo(f"top-1 class accuracy {m['gate']['top1_accuracy']:.4f}")
     if m["boxes"] is not None:
         typer.echo(f"box mAP@0.5 {m['boxes']['map50']:.4f}")
     typer.echo(f"report: {m['report']}")

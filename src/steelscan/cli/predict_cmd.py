@@ -25,13 +25,18 @@ def predict(
     ),
     out: Path = typer.Option(..., "--out", help="Folder for submission.csv, predictions.jsonl..."),
     engine: str = typer.Option(
-        "torch", "--engine", help="Runtime: torch, or onnx / openvino after `steelscan export`."
+        "auto",
+        "--engine",
+        help="Runtime: auto (the fastest engine recorded as keeping the score), torch, onnx or "
+        "openvino.",
     ),
     gate: str | None = typer.Option(
         None, "--gate", help="Override the tuned gate: hard, soft or none."
     ),
     tta: bool = typer.Option(False, "--tta", help="Average the segmenter over flips (3x slower)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Images per forward pass (default: the engine's best)."
+    ),
     overlays: bool = typer.Option(False, "--overlays", help="Write overlays/<id>.png per image."),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last layout."),
     bf16: bool = typer.Option(
@@ -51,9 +56,8 @@ def predict(
     from tqdm import tqdm
 
     from steelscan.cli.common import engine_options, fail
-    from steelscan.inference.batch import iter_predict_with_images
     from steelscan.inference.inputs import resolve_inputs
-    from steelscan.inference.inspector import Inspector
+    from steelscan.inference.predictor import Predictor
     from steelscan.inference.writers import ERRORS, PredictionWriter
 
     if gate is not None and gate not in ("hard", "soft", "none"):
@@ -70,11 +74,14 @@ def predict(
         engine, device=device, channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8
     )
     try:
-        inspector = Inspector(
+        predictor = Predictor(
             bundle, engine=engine, gate_mode=gate, tta=tta, batch_size=batch_size, **opts
         )
     except (ValueError, TypeError) as exc:
         fail(str(exc))
+    choice = predictor.engine_choice
+    why = f" ({choice.reason})" if choice is not None and engine == "auto" else ""
+    typer.echo(f"engine: {predictor.engine_label}, batch {predictor.batch_size}{why}", err=True)
 
     resolved = resolve_inputs(inputs)
     for note in resolved.notes:
@@ -99,14 +106,21 @@ def predict(
         # Decoding and post-processing run in worker threads around the model (pipelined,
         # bounded queues: memory stays flat however many images there are).
         items = [(it.image_id, it.path) for it in resolved.images]
-        stream = iter_predict_with_images(inspector, items, batch_size=batch_size, workers=2)
-        bar = tqdm(total=len(resolved.images), unit="img", desc="predict", dynamic_ncols=True)
-        for item, (res, image) in zip(resolved.images, stream, strict=True):
+        stream = predictor.stream(items, keep_images=overlays)
+        bar = tqdm(
+            total=len(resolved.images),
+            unit="img",
+            desc="predict",
+            dynamic_ncols=True,
+            mininterval=0.5 if sys.stderr.isatty() else 10.0,
+        )
+        for item, pred in zip(resolved.images, stream, strict=True):
             bar.update(1)
+            res = pred.result
             if res.error is not None:
                 report_error(item, res.error)
                 continue
-            writer.write(res, path=item.path, image=image if overlays else None, truth=item.truth)
+            writer.write(res, path=item.path, image=pred.image, truth=item.truth)
             n_ok += 1
             n_defective += res.has_defect
             per_class.update(c.name for c in res.classes if c.present)
@@ -115,7 +129,7 @@ def predict(
 
     elapsed = time.perf_counter() - start
     typer.echo(f"images inspected: {n_ok}   defective: {n_defective}   errors: {len(failed)}")
-    for name in inspector.classes:
+    for name in predictor.classes:
         typer.echo(f"  {name}: {per_class[name]}")
     if n_ok:
         stages = ", ".join(f"{k} {v / n_ok:.1f}" for k, v in stage_ms.items())

@@ -11,7 +11,10 @@ def tune(
     model_dir: Path = typer.Argument(..., help="Model bundle directory (from `steelscan train`)."),
     data: Path = typer.Argument(..., help="Labelled dataset the model was trained on."),
     split: str = typer.Option(
-        "val", "--split", help="'val': the model's own validation split; 'all': every image."
+        "auto",
+        "--split",
+        help="auto: every image, or the validation split on the model's own training data; "
+        "val; all.",
     ),
     gate: str | None = typer.Option(
         None, "--gate", help="Gate mode to tune for (hard|soft|none); default: the bundle's."
@@ -21,8 +24,8 @@ def tune(
     score on validation; write them into the bundle and print the score before and after."""
     from steelscan.evaluation.evaluate import tune as run_tune
 
-    before, after, pp = run_tune(model_dir, data, split=split, gate_mode=gate)
-    typer.echo(f"Kaggle score on {split}: before {before:.4f} -> after {after:.4f}")
+    before, after, pp, used = run_tune(model_dir, data, split=split, gate_mode=gate)
+    typer.echo(f"Kaggle score on {used}: before {before:.4f} -> after {after:.4f}")
     typer.echo(f"  gate mode          {pp.gate_mode} (gate threshold {pp.gate_threshold:.3f})")
     typer.echo(f"  class thresholds   {[round(x, 3) for x in pp.class_thresholds]}")
     typer.echo(f"  pixel thresholds   {[round(x, 3) for x in pp.pixel_thresholds]}")

@@ -1,12 +1,16 @@
 """Run a model bundle over a labelled dataset: the numbers behind `steelscan evaluate` and `tune`.
 
-Both commands need the same thing: the model's raw probabilities on the validation images next to
-the ground truth. The validation split is the one the model was trained with (the seed and
-fraction are in the manifest), so a model is never tuned or scored on its own training images.
+Both go through the one predictor (:class:`steelscan.inference.predictor.Predictor`) and the one
+post-processor, so what they score is exactly what ``steelscan predict`` outputs.
+
+Which images: ``split="auto"`` (the default) scores every image of the dataset, unless it is the
+model's own training data (its path is in the manifest), where only the validation split the
+model was trained with is fair (recomputed from the seed and fraction in the manifest).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +22,31 @@ from tqdm import tqdm
 from steelscan.data import load_dataset
 from steelscan.data.records import AnnotatedImage, DataError, Dataset
 from steelscan.data.splits import split_ids
-from steelscan.imageio import read_image
+from steelscan.inference.predictor import Prediction
 from steelscan.manifest import ModelManifest
+
+SPLITS = ("auto", "val", "all")
 
 
 @dataclass
 class Sample:
-    """One validation image: its record, the model's raw output and the post-processed result."""
+    """One image: its record, the model's raw output and the post-processed result."""
 
     record: AnnotatedImage
     raw: Any  # RawPrediction
     result: Any  # InspectionResult
+
+
+@dataclass
+class TuneOutcome:
+    """What tuning found, and the predictions it was found on (training reuses them)."""
+
+    postprocess: Any  # PostProcess
+    before: float
+    after: float
+    raws: list[Any]
+    truths: list[np.ndarray]
+    records: list[AnnotatedImage]
 
 
 def check_compatible(ds: Dataset, manifest: ModelManifest) -> None:
@@ -38,6 +56,26 @@ def check_compatible(ds: Dataset, manifest: ModelManifest) -> None:
             f"{ds.root}: dataset classes {list(ds.classes)} differ from the model's "
             f"{list(manifest.classes)}"
         )
+
+
+def is_training_data(data: str | Path, manifest: ModelManifest) -> bool:
+    """Whether ``data`` is the dataset the model was trained on (by resolved path)."""
+    trained_on = manifest.training.get("dataset") if isinstance(manifest.training, dict) else None
+    if not trained_on:
+        return False
+    try:
+        return Path(data).resolve() == Path(trained_on).resolve()
+    except OSError:
+        return False
+
+
+def resolve_split(data: str | Path, manifest: ModelManifest, split: str) -> str:
+    """``auto`` -> ``val`` on the model's own training data, ``all`` on any other dataset."""
+    if split not in SPLITS:
+        raise DataError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if split != "auto":
+        return split
+    return "val" if is_training_data(data, manifest) else "all"
 
 
 def select_records(ds: Dataset, manifest: ModelManifest, split: str) -> list[AnnotatedImage]:
@@ -61,91 +99,140 @@ def select_records(ds: Dataset, manifest: ModelManifest, split: str) -> list[Ann
 
 
 def split_records(
-    data: str | Path, manifest: ModelManifest, split: str
+    data: str | Path | Dataset, manifest: ModelManifest, split: str
 ) -> tuple[Dataset, list[AnnotatedImage]]:
     """Load ``data``, check it fits the model and return it with the records of ``split``
-    (a DataError when the split is empty)."""
+    (``val`` or ``all``; resolve ``auto`` first); a DataError when the split is empty."""
     ds = load_dataset(data)
     check_compatible(ds, manifest)
     records = select_records(ds, manifest, split)
     if not records:
-        raise DataError(f"{data}: no images in the '{split}' split")
+        raise DataError(f"{ds.root}: no images in the '{split}' split")
     return ds, records
 
 
-def iter_samples(
-    inspector: Any, records: list[AnnotatedImage], *, skip_gated: bool = True, progress: bool = True
-) -> Iterator[Sample]:
-    """Stream (record, raw, result) over the records, one image at a time (memory stays flat)."""
-    channels = inspector.manifest.in_channels
-    for rec in tqdm(records, desc="inspecting", unit="img", disable=not progress):
+def tuning_records(records: list[AnnotatedImage], manifest: ModelManifest) -> list[AnnotatedImage]:
+    """The images tuning uses: the first ``tune_max_images`` of the split (training's setting),
+    so ``steelscan tune`` and the tuning at the end of ``steelscan train`` see the same ones."""
+    cfg = manifest.training.get("config", {}) if isinstance(manifest.training, dict) else {}
+    cap = cfg.get("tune_max_images")
+    return records[: int(cap)] if cap else records
+
+
+def predictions(
+    predictor: Any,
+    records: list[AnnotatedImage],
+    *,
+    keep_raw: bool = False,
+    keep_images: bool = False,
+    skip_gated: bool = True,
+    progress: bool = True,
+    desc: str = "inspecting",
+) -> Iterator[tuple[AnnotatedImage, Prediction]]:
+    """Stream (record, prediction) pairs through the predictor, in record order."""
+    for rec in records:
         if rec.path is None:
             raise DataError(f"{rec.image_id}: no image file")
-        img = read_image(rec.path, channels=channels)
-        raw = inspector.raw([img], skip_gated=skip_gated)[0]
-        yield Sample(rec, raw, inspector.finish(raw, rec.image_id))
+    items = ((r.image_id, r.path) for r in records)
+    stream = predictor.stream(
+        items, keep_raw=keep_raw, keep_images=keep_images, skip_gated=skip_gated
+    )
+    bar = tqdm(total=len(records), desc=desc, unit="img", disable=not progress, mininterval=2.0)
+    try:
+        for rec, pred in zip(records, stream, strict=True):
+            bar.update(1)
+            yield rec, pred
+    finally:
+        bar.close()
 
 
-def _component_boxes(
-    mask: np.ndarray, probs: np.ndarray, class_index: int
-) -> list[tuple[int, int, int, int, int, float]]:
-    """Boxes of a predicted mask's connected components, scored by their mean probability."""
-    import cv2
+def iter_samples(
+    predictor: Any,
+    records: list[AnnotatedImage],
+    *,
+    skip_gated: bool = True,
+    progress: bool = True,
+) -> Iterator[Sample]:
+    """(record, raw, result) over the records; an image that cannot be inspected is an error."""
+    for rec, pred in predictions(
+        predictor, records, keep_raw=True, skip_gated=skip_gated, progress=progress
+    ):
+        if pred.error is not None:
+            raise DataError(pred.error)
+        yield Sample(rec, pred.raw, pred.result)
 
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    out = []
-    for j in range(1, n):
-        x, y, w, h, _area = stats[j]
-        score = float(probs[labels == j].mean())
-        out.append((class_index, int(x), int(y), int(x + w), int(y + h), score))
-    return out
+
+def single_label(records: list[AnnotatedImage]) -> bool:
+    """Every image has exactly one class (NEU-DET): top-1 class accuracy then means something."""
+    return bool(records) and all(sum(r.present) == 1 for r in records)
+
+
+def _make_predictor(model: Any, engine: str, gate_mode: str | None, **engine_opts: Any) -> Any:
+    from steelscan.inference.predictor import Predictor
+
+    if hasattr(model, "stream"):  # already a predictor
+        return model
+    return Predictor(model, engine=engine, gate_mode=gate_mode, **engine_opts)
 
 
 def evaluate(
-    model: str | Path,
+    model: Any,
     data: str | Path,
     out: str | Path,
     *,
-    split: str = "val",
-    engine: str = "torch",
+    split: str = "auto",
+    engine: str = "auto",
     gate_mode: str | None = None,
     progress: bool = True,
     **engine_opts: Any,
 ) -> dict[str, Any]:
-    """Score a bundle on a dataset and write the report into ``out``; returns the metrics."""
+    """Score a bundle (a path, a loaded bundle or a predictor) on a dataset and write the report
+    into ``out``; returns the metrics (``split`` says which images were scored)."""
     from steelscan.evaluation.metrics import DiceAccumulator, box_map50
-    from steelscan.evaluation.report import (
-        compute_gate_metrics,
-        write_evaluation_report,
-    )
-    from steelscan.inference.inspector import Inspector
+    from steelscan.evaluation.report import compute_gate_metrics, write_evaluation_report
+    from steelscan.inference.postprocess import component_boxes
 
-    inspector = Inspector(model, engine=engine, gate_mode=gate_mode, **engine_opts)
-    manifest = inspector.manifest
-    ds, records = split_records(data, manifest, split)
+    predictor = _make_predictor(model, engine, gate_mode, **engine_opts)
+    manifest = predictor.manifest
+    used = resolve_split(data, manifest, split)
+    ds, records = split_records(data, manifest, used)
     k = manifest.num_classes
     acc = DiceAccumulator(manifest.class_ids, manifest.classes)
     y_any, p_any, y_cls, p_cls = [], [], [], []
-    pred_boxes, gt_boxes = [], []
-    for s in iter_samples(inspector, records, progress=progress):
+    pred_boxes, gt_boxes, per_image = [], [], []
+    top1_hits: list[bool] = []
+    one_label = single_label(records)
+    for s in iter_samples(predictor, records, progress=progress):
         truth = s.record.masks()
         pred = np.stack([c.mask for c in s.result.classes])
-        acc.add_masks(pred, truth)
+        dices = acc.add_masks(pred, truth)
+        per_image.append(
+            {
+                "image_id": s.record.image_id,
+                "defect_probability": s.result.defect_probability,
+                "dice": [round(float(d), 6) for d in dices],
+            }
+        )
         y_any.append(int(s.record.defective))
         p_any.append(s.result.defect_probability)
+        cp = np.asarray(s.raw.class_probs, dtype=float).reshape(-1)[:k]
         y_cls.append(np.asarray(s.record.present, dtype=int))
-        p_cls.append(np.asarray(s.raw.class_probs, dtype=float).reshape(-1)[:k])
+        p_cls.append(cp)
+        if one_label:
+            top1_hits.append(int(np.argmax(cp)) == int(np.argmax(s.record.present)))
         if not ds.has_masks:
             boxes = []
             for c in s.result.classes:
                 if c.present:
-                    boxes += _component_boxes(c.mask, s.raw.mask_probs[c.index], c.index)
+                    boxes += [
+                        (c.index, *b) for b in component_boxes(c.mask, s.raw.mask_probs[c.index])
+                    ]
             pred_boxes.append(boxes)
             gt_boxes.append(list(s.record.boxes))
     seg = acc.report().to_dict()
     gate = None
     if manifest.classifier is not None:
-        pp = inspector.postprocess
+        pp = predictor.postprocess
         multi = manifest.classifier.num_outputs == k
         gate = compute_gate_metrics(
             np.asarray(y_any),
@@ -156,6 +243,8 @@ def evaluate(
             threshold=pp.gate_threshold,
             class_thresholds=pp.class_thresholds,
         )
+        if one_label and multi:
+            gate["top1_accuracy"] = float(np.mean(top1_hits))
     boxes = box_map50(pred_boxes, gt_boxes, k) if not ds.has_masks else None
     report = write_evaluation_report(
         out,
@@ -163,46 +252,73 @@ def evaluate(
         gate=gate,
         seg=seg,
         boxes=boxes,
-        title=f"steelscan evaluation: {manifest.name} on {Path(data).name} ({split}, "
-        f"{len(records)} images)",
+        title=f"steelscan evaluation: {manifest.name} on {Path(data).name} ({used}, "
+        f"{len(records)} images, engine {predictor.engine_label})",
     )
     return {
         "report": str(report),
         "n_images": len(records),
+        "split": used,
+        "engine": predictor.engine_label,
         "segmentation": seg,
         "gate": gate,
         "boxes": boxes,
+        "per_image": per_image,
     }
+
+
+def tune_on(predictor: Any, records: list[AnnotatedImage], *, progress: bool = True) -> TuneOutcome:
+    """Tune post-processing on ``records`` with ``predictor``, from the untuned defaults.
+
+    Starting from the defaults (not from what the bundle holds) makes tuning a function of the
+    model and the data only: the tuning at the end of ``steelscan train`` and a later
+    ``steelscan tune`` on the same images find the same settings.
+    """
+    from steelscan.evaluation.tuning import tune_postprocess
+    from steelscan.inference.postprocess import default_postprocess
+
+    raws, truths = [], []
+    for s in iter_samples(predictor, records, skip_gated=False, progress=progress):
+        raws.append(s.raw)
+        truths.append(s.record.masks())
+    base = default_postprocess(predictor.num_classes, predictor.postprocess.gate_mode)
+    tuned, before, after = tune_postprocess(raws, truths, base, progress=progress)
+    return TuneOutcome(tuned, before, after, raws, truths, records)
 
 
 def tune(
     model: str | Path,
     data: str | Path,
     *,
-    split: str = "val",
+    split: str = "auto",
     gate_mode: str | None = None,
+    engine: str = "torch",
     progress: bool = True,
-) -> tuple[float, float, Any]:
-    """Tune the bundle's post-processing on the validation split and write it back."""
-    from steelscan.bundle import update_manifest
-    from steelscan.evaluation.tuning import tune_postprocess
-    from steelscan.inference.inspector import Inspector
+    **engine_opts: Any,
+) -> tuple[float, float, Any, str]:
+    """Tune the bundle's post-processing on ``split`` of ``data`` and write it back; returns
+    (score before, score after, the settings, the split used).
 
-    inspector = Inspector(model, gate_mode=gate_mode)
-    manifest = inspector.manifest
-    _, records = split_records(data, manifest, split)
-    raws, truths = [], []
-    for s in iter_samples(inspector, records, skip_gated=False, progress=progress):
-        raws.append(s.raw)
-        truths.append(s.record.masks())
-    tuned, before, after = tune_postprocess(raws, truths, inspector.postprocess, progress=progress)
+    The torch engine by default: thresholds are tuned on the float32 probabilities, which every
+    engine recorded as keeping the score reproduces.
+    """
+    from steelscan.bundle import update_manifest
+
+    predictor = _make_predictor(model, engine, gate_mode, **engine_opts)
+    manifest = predictor.manifest
+    used = resolve_split(data, manifest, split)
+    _, records = split_records(data, manifest, used)
+    records = tuning_records(records, manifest) if used == "val" else records
+    outcome = tune_on(predictor, records, progress=progress)
     metrics = dict(manifest.metrics)
     metrics.update(
         {
-            "tuned_kaggle_before": before,
-            "tuned_kaggle_after": after,
-            "tuned_on": f"{Path(data).name}:{split} ({len(records)} images)",
+            "tuned_kaggle_before": outcome.before,
+            "tuned_kaggle_after": outcome.after,
+            "tuned_on": f"{Path(data).name}:{used} ({len(records)} images)",
         }
     )
-    update_manifest(model, postprocess=tuned, metrics=metrics)
-    return before, after, tuned
+    update_manifest(predictor.bundle.path, postprocess=outcome.postprocess, metrics=metrics)
+    if progress:
+        print(f"tuned on {len(records)} images ({used} split)", file=sys.stderr)
+    return outcome.before, outcome.after, outcome.postprocess, used

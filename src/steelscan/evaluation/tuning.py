@@ -22,7 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from steelscan.evaluation.metrics import dice_from_areas
-from steelscan.inference.postprocess import apply, binarize
+from steelscan.inference.postprocess import (
+    PostProcessor,
+    any_defect_probability,
+    apply,
+    binarize,
+)
 from steelscan.manifest import PostProcess
 
 PIXEL_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -130,10 +135,15 @@ def grid_dice(
     return out
 
 
+def _processor(pp: PostProcess) -> PostProcessor:
+    """The post-processor that applies ``pp`` (tuning only sees hard gates with a classifier)."""
+    k = len(pp.pixel_thresholds)
+    return PostProcessor(pp, list(range(1, k + 1)), [str(i) for i in range(1, k + 1)])
+
+
 def defect_probs(raws: Sequence[object]) -> np.ndarray:
-    """P(any defect) per image as the inspector's hard gate sees it: the max class probability
-    (a one-output classic gate repeats its probability over the K classes, so max is it too)."""
-    return np.array([float(np.max(r.class_probs)) if np.size(r.class_probs) else 0.0 for r in raws])
+    """P(any defect) per image by the post-processor's rule (what the hard gate compares)."""
+    return np.array([float(any_defect_probability(r.class_probs)) for r in raws])
 
 
 def image_dice(
@@ -144,11 +154,7 @@ def image_dice(
     With ``gate``, a hard-mode ``pp.gate_threshold`` also applies as in the inspector: images
     whose defect probability is under it get empty masks (their segmentation is skipped).
     """
-    skipped = (
-        defect_probs(raws) < pp.gate_threshold
-        if gate and pp.gate_mode == "hard"
-        else np.zeros(len(raws), dtype=bool)
-    )
+    skipped = _processor(pp).skipped(raws) if gate else np.zeros(len(raws), dtype=bool)
     k = len(pp.pixel_thresholds)
     out = np.zeros((len(raws), k))
     for i, (raw, truth) in enumerate(zip(raws, truths, strict=True)):

@@ -11,9 +11,12 @@ when asked for by name, so importing steelscan never requires onnxruntime.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -72,6 +75,113 @@ def make_engine(name: str, bundle: LoadedBundle, **opts: Any) -> Engine:
             f"unknown engine {name!r}; choose one of: {', '.join(available_engines())}"
         )
     return ENGINES[name](bundle, **opts)
+
+
+@dataclass
+class EngineChoice:
+    """Which engine :class:`~steelscan.inference.predictor.Predictor` builds, and why."""
+
+    engine: str
+    options: dict[str, Any]
+    batch_size: int | None = None  # the batch size it was measured fastest at, if recorded
+    reason: str = "asked for"
+
+    @property
+    def label(self) -> str:
+        o = self.options
+        if o.get("int8"):
+            precision = "int8+bf16" if o.get("precision") == "bf16" or o.get("bf16") else "int8"
+        elif o.get("precision") == "bf16" or o.get("bf16"):
+            precision = "bf16"
+        elif o.get("fp16"):
+            precision = "fp16"
+        else:
+            precision = "fp32"
+        return f"{self.engine} {precision}"
+
+
+# The manifest field where `steelscan train` records each engine's validation score and speed.
+ENGINE_RECORDS = "engines"
+SCORE_TOLERANCE = 0.005  # an engine "keeps the score" within this much Kaggle of fp32
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 on this CPU (AVX512-BF16 or AMX), read from /proc/cpuinfo on Linux."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return False
+    return False
+
+
+def runnable_here(bundle: Any, engine: str, options: dict[str, Any]) -> str | None:
+    """Why ``engine`` with ``options`` cannot run on this machine for ``bundle`` (None: it can)."""
+    module = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}.get(engine)
+    if module is None:
+        return f"unknown engine {engine!r}"
+    if not _importable(module):
+        return f"{module} is not installed"
+    manifest = bundle.manifest
+    if engine != "torch":
+        seg = manifest.segmenter
+        name = (seg.onnx_int8_file if options.get("int8") else seg.onnx_file) if seg else None
+        if not name or not (Path(bundle.path) / name).is_file():
+            return "the bundle has no such ONNX export"
+    wants_bf16 = options.get("precision") == "bf16" or options.get("bf16")
+    if wants_bf16 and not cpu_has_bf16():
+        return "this CPU has no native bfloat16"
+    return None
+
+
+def choose_engine(bundle: Any, name: str, options: dict[str, Any] | None = None) -> EngineChoice:
+    """Resolve an engine name; ``auto`` picks the fastest recorded engine that keeps the score.
+
+    ``steelscan train`` records, in ``manifest.metrics["engines"]``, every engine and precision
+    it measured on the validation split: its Kaggle score, whether it is within
+    :data:`SCORE_TOLERANCE` of float32 (``keeps_score``) and its speed. ``auto`` takes the
+    fastest of those that keep the score and that this machine can run (:func:`runnable_here`);
+    a bundle without records falls back to OpenVINO float32 when it has an ONNX export, else to
+    torch. A ``device`` other than cpu/auto always means torch (the other engines run on CPUs).
+    """
+    opts = dict(options or {})
+    if name != "auto":
+        return EngineChoice(name, opts)
+    device = str(opts.get("device") or "auto")
+    if device not in ("auto", "cpu"):
+        return EngineChoice("torch", opts, reason=f"device {device} runs on the torch engine")
+    metrics = bundle.manifest.metrics if isinstance(bundle.manifest.metrics, dict) else {}
+    records = [r for r in metrics.get(ENGINE_RECORDS) or [] if isinstance(r, dict)]
+    ok = [
+        r
+        for r in records
+        if r.get("keeps_score")
+        and runnable_here(bundle, str(r.get("engine")), dict(r.get("options") or {})) is None
+    ]
+    if ok:
+        best = max(ok, key=lambda r: float(r.get("images_per_s") or 0.0))
+        chosen = {**dict(best.get("options") or {})}
+        if best.get("engine") == "torch":
+            chosen["device"] = device
+        return EngineChoice(
+            str(best["engine"]),
+            chosen,
+            batch_size=best.get("batch_size"),
+            reason=f"fastest recorded within {SCORE_TOLERANCE} Kaggle of fp32 "
+            f"({float(best.get('images_per_s') or 0):.1f} img/s when trained)",
+        )
+    if runnable_here(bundle, "openvino", {}) is None:
+        return EngineChoice("openvino", {}, reason="no engine records; the ONNX export on OpenVINO")
+    if runnable_here(bundle, "onnx", {}) is None:
+        return EngineChoice("onnx", {}, reason="no engine records; the ONNX export")
+    return EngineChoice("torch", {"device": device}, reason="no ONNX export in the bundle")
 
 
 def resolve_device(device: str | None) -> str:

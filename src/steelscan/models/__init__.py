@@ -9,7 +9,6 @@ from __future__ import annotations
 from steelscan.models.factory import (
     SEGMENTER_ARCHS,
     SegmentationModel,
-    any_defect_probability,
     build_from_spec,
     create_classifier,
     create_segmenter,
@@ -26,7 +25,6 @@ __all__ = [
     "LoadReport",
     "PretrainedWeightsError",
     "SegmentationModel",
-    "any_defect_probability",
     "build_from_spec",
     "create_classifier",
     "create_loss",

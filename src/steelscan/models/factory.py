@@ -20,9 +20,8 @@ from __future__ import annotations
 import difflib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import segmentation_models_pytorch as smp
 import timm
 import torch
@@ -357,33 +356,3 @@ def build_from_spec(spec: StageSpec, in_channels: int) -> nn.Module:
     return create_classifier(
         spec.arch, spec.num_outputs, in_channels=in_channels, encoder_weights=None, **spec.options
     )
-
-
-# --------------------------------------------------------------------------- gate probability
-
-
-def any_defect_probability(
-    class_probs: np.ndarray | torch.Tensor, how: Literal["max", "noisy_or"] = "max"
-) -> np.ndarray | torch.Tensor:
-    """P(image has any defect) from classifier probabilities (..., K) -> (...).
-
-    One output (the classic gate): the probability itself. K outputs: the MAX by default. We pick
-    max over the noisy-or ``1 - prod(1 - p)`` because the per-class probabilities of a
-    multi-label head are not independent, and noisy-or inflates with K (four classes at 0.2 give
-    0.59): with max, an image passes the gate at threshold t exactly when some class would pass a
-    class threshold of t, so gate and class thresholds stay comparable when tuned.
-    """
-    if how not in ("max", "noisy_or"):
-        raise ValueError(f"how must be 'max' or 'noisy_or', got {how!r}")
-    if isinstance(class_probs, torch.Tensor):
-        if class_probs.shape[-1] == 1:
-            return class_probs[..., 0]
-        if how == "max":
-            return class_probs.amax(dim=-1)
-        return 1.0 - torch.prod(1.0 - class_probs, dim=-1)
-    p = np.asarray(class_probs, dtype=np.float32)
-    if p.shape[-1] == 1:
-        return p[..., 0]
-    if how == "max":
-        return p.max(axis=-1)
-    return (1.0 - np.prod(1.0 - p, axis=-1)).astype(np.float32)

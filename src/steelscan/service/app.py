@@ -168,7 +168,7 @@ def load_service(
         raise FileNotFoundError(f"{model_dir}: model bundle directory not found")
     if not model_dir.is_dir():
         raise NotADirectoryError(f"{model_dir}: not a directory (expected a model bundle folder)")
-    from steelscan.inference.inspector import Inspector  # imports torch: after the cheap checks
+    from steelscan.inference.predictor import Inspector  # imports torch: after the cheap checks
 
     inspector = Inspector(model_dir, engine=engine, strict_size=True, **engine_opts)
     return InspectionService(
