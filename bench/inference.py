@@ -15,7 +15,7 @@ gate let skip segmentation, how many (image, class) RLEs equal the torch fp32 on
 score (mean Dice over (image, class) pairs) on the labelled held-out set (``--labelled``).
 
 Baseline: plain PyTorch eager fp32, no pipelining, batch 1 (read, inspect, encode, one image after
-the other). The other configurations use :func:`steelscan.inference.batch.iter_predict`.
+the other). The other configurations use :meth:`steelscan.inference.predictor.Predictor.stream`.
 
 ``--model`` is a trained bundle; ``bench/inference_model.py`` trains the one docs/benchmarks.md
 reports (Unet/MobileNetV2 segmenter + MobileNetV2 gate from the ImageNet weights in
@@ -87,15 +87,12 @@ class Config:
 
 def run_baseline(cfg: Config, items: list[tuple[str, Path]]) -> list[Any]:
     """Plain loop: read -> inspect (gate, segment, post-process) -> RLE, one image at a time."""
-    from steelscan.imageio import read_image
 
     ins = cfg.inspector
     out = []
     for image_id, path in items:
         t0 = time.perf_counter()
-        arr = read_image(path, channels=ins.manifest.in_channels)
-        t1 = time.perf_counter()
-        res = ins.inspect_batch([(image_id, arr)], decode_ms=[(t1 - t0) * 1000])[0]
+        res = ins.inspect_batch([(image_id, path)])[0]
         t2 = time.perf_counter()
         rles = [c.rle() for c in res.classes]
         res.timings_ms["rle"] = (time.perf_counter() - t2) * 1000
@@ -105,10 +102,9 @@ def run_baseline(cfg: Config, items: list[tuple[str, Path]]) -> list[Any]:
 
 
 def run_pipelined(cfg: Config, items: list[tuple[str, Path]], workers: int) -> list[Any]:
-    from steelscan.inference.batch import iter_predict
-
     out = []
-    for res in iter_predict(cfg.inspector, items, batch_size=cfg.batch, workers=workers):
+    for pred in cfg.inspector.stream(items, workers=workers):
+        res = pred.result
         t0 = time.perf_counter()
         rles = [c.rle() for c in res.classes]  # the consumer encodes, as `predict` does
         res.timings_ms["rle"] = (time.perf_counter() - t0) * 1000

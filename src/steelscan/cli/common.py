@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -27,14 +28,49 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# Packages of the `steelscan[train]` extra: the runtime (predict/score/serve on onnx or openvino)
+# runs without them, and a command that needs them says how to install them.
+TRAIN_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "segmentation_models_pytorch",
+    "lightning",
+    "albumentations",
+    "onnx",
+    "tensorboard",
+)
+TRAIN_EXTRA_HINT = 'pip install "steelscan[train]"'
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    """User-error types of the heavier layers, imported only once an error has happened."""
+    """User-error types of the heavier layers, imported only once an error has happened (and
+    only those installed: the training layers are an optional extra)."""
     from steelscan.bundle import BundleError
     from steelscan.inference.predictor import WrongImageSize
-    from steelscan.models.pretrained import PretrainedWeightsError
-    from steelscan.training.config import ConfigError
 
-    return USER_ERRORS + (BundleError, PretrainedWeightsError, ConfigError, WrongImageSize)
+    found: list[type[BaseException]] = [BundleError, WrongImageSize]
+    for module, name in (
+        ("steelscan.models.pretrained", "PretrainedWeightsError"),
+        ("steelscan.training.config", "ConfigError"),
+    ):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            continue
+    return USER_ERRORS + tuple(found)
+
+
+def missing_extra(exc: BaseException) -> str | None:
+    """The install hint when ``exc`` is a missing package of the training extra."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        if exc.name.split(".")[0] in TRAIN_PACKAGES:
+            return (
+                f"this needs {exc.name.split('.')[0]}, which is part of the training extra and "
+                f"is not installed: {TRAIN_EXTRA_HINT} (predict, score, evaluate and serve run "
+                "without it on --engine onnx|openvino)"
+            )
+    return None
 
 
 def run_guarded(app: typer.Typer, argv: list[str]) -> None:
@@ -42,6 +78,10 @@ def run_guarded(app: typer.Typer, argv: list[str]) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except Exception as exc:
+        hint = missing_extra(exc)
+        if hint is not None:
+            typer.secho(f"error: {hint}", fg=typer.colors.RED, err=True)
+            sys.exit(2)
         if not isinstance(exc, _user_error_types()):
             raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

@@ -22,9 +22,13 @@ class ClassResult:
     mask: np.ndarray  # (H, W) uint8, all zeros when not present
     area: int
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # x1, y1, x2, y2 (excl.)
+    _rle: str | None = field(default=None, repr=False, compare=False)
 
     def rle(self) -> str:
-        return rle_codec.encode(self.mask) if self.present else ""
+        """The Kaggle RLE of the mask, encoded once (the CSV and the JSONL both need it)."""
+        if self._rle is None:
+            self._rle = rle_codec.encode(self.mask) if self.present else ""
+        return self._rle
 
     def to_dict(self, *, include_rle: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
