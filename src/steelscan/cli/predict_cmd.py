@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -53,26 +55,49 @@ def predict(
     images failed (the rest are written; failures are in errors.csv); 2: nothing ran (missing or
     broken model, input path not found, bad option).
     """
-    from tqdm import tqdm
-
     from steelscan.cli.common import engine_options, fail
     from steelscan.inference.inputs import resolve_inputs
-    from steelscan.inference.predictor import Predictor
-    from steelscan.inference.writers import ERRORS, PredictionWriter
+    from steelscan.inference.writers import ERRORS
 
     if gate is not None and gate not in ("hard", "soft", "none"):
         fail(f"--gate must be hard, soft or none, not {gate!r}")
-    if not model_dir.is_dir():
-        fail(f"{model_dir}: model directory not found")
-    try:
-        from steelscan.bundle import load_bundle
-
-        bundle = load_bundle(model_dir)
-    except (ValueError, OSError) as exc:  # BundleError is a ValueError
-        fail(f"{model_dir}: cannot load the model bundle: {exc}")
     opts = engine_options(
         engine, device=device, channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8
     )
+    predictor = _build_predictor(model_dir, engine, gate, tta, batch_size, opts)
+    resolved = resolve_inputs(inputs)
+    for note in resolved.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    summary = _run(predictor, resolved, out, overlays)
+    summary.print(predictor.classes, out)
+    if summary.failed:
+        typer.secho(
+            f"{len(summary.failed)} image(s) failed; see {out / ERRORS}",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+def _build_predictor(
+    model_dir: Path,
+    engine: str,
+    gate: str | None,
+    tta: bool,
+    batch_size: int | None,
+    opts: dict[str, Any],
+) -> Any:
+    """Load the bundle and its engine, or stop with one clear line (exit 2); says what it chose."""
+    from steelscan.bundle import load_bundle
+    from steelscan.cli.common import fail
+    from steelscan.inference.predictor import Predictor
+
+    if not model_dir.is_dir():
+        fail(f"{model_dir}: model directory not found")
+    try:
+        bundle = load_bundle(model_dir)
+    except (ValueError, OSError) as exc:  # BundleError is a ValueError
+        fail(f"{model_dir}: cannot load the model bundle: {exc}")
     try:
         predictor = Predictor(
             bundle, engine=engine, gate_mode=gate, tta=tta, batch_size=batch_size, **opts
@@ -82,64 +107,78 @@ def predict(
     choice = predictor.engine_choice
     why = f" ({choice.reason})" if choice is not None and engine == "auto" else ""
     typer.echo(f"engine: {predictor.engine_label}, batch {predictor.batch_size}{why}", err=True)
+    return predictor
 
-    resolved = resolve_inputs(inputs)
-    for note in resolved.notes:
-        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-    per_class: Counter[str] = Counter()
-    n_ok = n_defective = 0
-    stage_ms: Counter[str] = Counter()
-    failed: list[str] = []
+
+@dataclass
+class _Summary:
+    """What a run did, for the lines printed at its end."""
+
+    per_class: Counter[str] = field(default_factory=Counter)
+    stage_ms: Counter[str] = field(default_factory=Counter)
+    failed: list[str] = field(default_factory=list)
+    n_ok: int = 0
+    n_defective: int = 0
+    seconds: float = 0.0
+
+    def add(self, res: Any) -> None:
+        self.n_ok += 1
+        self.n_defective += res.has_defect
+        self.per_class.update(c.name for c in res.classes if c.present)
+        self.stage_ms.update(res.timings_ms)
+
+    def print(self, classes: list[str], out: Path) -> None:
+        n = self.n_ok
+        typer.echo(
+            f"images inspected: {n}   defective: {self.n_defective}   errors: {len(self.failed)}"
+        )
+        for name in classes:
+            typer.echo(f"  {name}: {self.per_class[name]}")
+        if n:
+            stages = ", ".join(f"{k} {v / n:.1f}" for k, v in self.stage_ms.items())
+            typer.echo(f"speed: {n / self.seconds:.2f} img/s   mean ms per image: {stages}")
+        typer.echo(f"outputs in {out}")
+
+
+def _run(predictor: Any, resolved: Any, out: Path, overlays: bool) -> _Summary:
+    """Stream every input through the predictor into the writer: one result per input."""
+    from tqdm import tqdm
+
+    from steelscan.inference.writers import PredictionWriter
+
+    summary = _Summary()
     start = time.perf_counter()
-
     with PredictionWriter(out, overlays=overlays) as writer:
         for image_id, why in resolved.missing:
             writer.write_error(image_id, None, f"image not found: {why}")
-            failed.append(image_id)
+            summary.failed.append(image_id)
             typer.secho(f"error: {image_id}: {why}", fg=typer.colors.RED, err=True)
-
-        def report_error(item, message: str) -> None:
-            writer.write_error(item.image_id, item.path, message)
-            failed.append(item.image_id)
-            tqdm.write(typer.style(f"error: {message}", fg=typer.colors.RED), file=sys.stderr)
-
         # Decoding and post-processing run in worker threads around the model (pipelined,
         # bounded queues: memory stays flat however many images there are).
         items = [(it.image_id, it.path) for it in resolved.images]
-        stream = predictor.stream(items, keep_images=overlays)
         bar = tqdm(
-            total=len(resolved.images),
+            total=len(items),
             unit="img",
             desc="predict",
             dynamic_ncols=True,
             mininterval=0.5 if sys.stderr.isatty() else 10.0,
         )
-        for item, pred in zip(resolved.images, stream, strict=True):
+        for item, pred in zip(
+            resolved.images, predictor.stream(items, keep_images=overlays), strict=True
+        ):
             bar.update(1)
-            res = pred.result
-            if res.error is not None:
-                report_error(item, res.error)
+            if pred.error is not None:
+                writer.write_error(item.image_id, item.path, pred.error)
+                summary.failed.append(item.image_id)
+                tqdm.write(
+                    typer.style(f"error: {pred.error}", fg=typer.colors.RED), file=sys.stderr
+                )
                 continue
-            writer.write(res, path=item.path, image=pred.image, truth=item.truth)
-            n_ok += 1
-            n_defective += res.has_defect
-            per_class.update(c.name for c in res.classes if c.present)
-            stage_ms.update(res.timings_ms)
+            writer.write(pred.result, path=item.path, image=pred.image, truth=item.truth)
+            summary.add(pred.result)
         bar.close()
-
-    elapsed = time.perf_counter() - start
-    typer.echo(f"images inspected: {n_ok}   defective: {n_defective}   errors: {len(failed)}")
-    for name in predictor.classes:
-        typer.echo(f"  {name}: {per_class[name]}")
-    if n_ok:
-        stages = ", ".join(f"{k} {v / n_ok:.1f}" for k, v in stage_ms.items())
-        typer.echo(f"speed: {n_ok / elapsed:.2f} img/s   mean ms per image: {stages}")
-    typer.echo(f"outputs in {out}")
-    if failed:
-        typer.secho(
-            f"{len(failed)} image(s) failed; see {out / ERRORS}", fg=typer.colors.RED, err=True
-        )
-        raise typer.Exit(1)
+    summary.seconds = time.perf_counter() - start
+    return summary
 
 
 def register(app: typer.Typer) -> None:

@@ -61,7 +61,7 @@ def check_compatible(ds: Dataset, manifest: ModelManifest) -> None:
 def is_training_data(data: str | Path, manifest: ModelManifest) -> bool:
     """Whether ``data`` is the dataset the model was trained on (by resolved path)."""
     trained_on = manifest.training.get("dataset") if isinstance(manifest.training, dict) else None
-    if not trained_on:
+    if not trained_on or not isinstance(data, (str, Path)):
         return False
     try:
         return Path(data).resolve() == Path(trained_on).resolve()
@@ -175,9 +175,76 @@ def _make_predictor(model: Any, engine: str, gate_mode: str | None, **engine_opt
     return Predictor(model, engine=engine, gate_mode=gate_mode, **engine_opts)
 
 
+class _Tally:
+    """Everything evaluation adds up over the images, one :class:`Sample` at a time."""
+
+    def __init__(self, manifest: ModelManifest, records: list[AnnotatedImage], boxes: bool):
+        from steelscan.evaluation.metrics import DiceAccumulator
+
+        self.k = manifest.num_classes
+        self.dice = DiceAccumulator(manifest.class_ids, manifest.classes)
+        self.one_label = single_label(records)
+        self.boxes = boxes
+        self.y_any: list[int] = []
+        self.p_any: list[float] = []
+        self.y_cls: list[np.ndarray] = []
+        self.p_cls: list[np.ndarray] = []
+        self.top1: list[bool] = []
+        self.pred_boxes: list[list] = []
+        self.gt_boxes: list[list] = []
+        self.per_image: list[dict[str, Any]] = []
+
+    def add(self, s: Sample) -> None:
+        from steelscan.inference.postprocess import component_boxes
+
+        pred = np.stack([c.mask for c in s.result.classes])
+        dices = self.dice.add_masks(pred, s.record.masks())
+        self.per_image.append(
+            {
+                "image_id": s.record.image_id,
+                "defect_probability": s.result.defect_probability,
+                "dice": [round(float(d), 6) for d in dices],
+            }
+        )
+        cp = np.asarray(s.raw.class_probs, dtype=float).reshape(-1)[: self.k]
+        self.y_any.append(int(s.record.defective))
+        self.p_any.append(s.result.defect_probability)
+        self.y_cls.append(np.asarray(s.record.present, dtype=int))
+        self.p_cls.append(cp)
+        if self.one_label:
+            self.top1.append(int(np.argmax(cp)) == int(np.argmax(s.record.present)))
+        if self.boxes:
+            found = []
+            for c in s.result.classes:
+                if c.present:
+                    probs = s.raw.mask_probs[c.index]
+                    found += [(c.index, *b) for b in component_boxes(c.mask, probs)]
+            self.pred_boxes.append(found)
+            self.gt_boxes.append(list(s.record.boxes))
+
+    def gate(self, manifest: ModelManifest, pp: Any) -> dict[str, Any] | None:
+        from steelscan.evaluation.report import compute_gate_metrics
+
+        if manifest.classifier is None:
+            return None
+        multi = manifest.classifier.num_outputs == self.k
+        gate = compute_gate_metrics(
+            np.asarray(self.y_any),
+            np.asarray(self.p_any),
+            np.stack(self.y_cls) if multi else None,
+            np.stack(self.p_cls) if multi else None,
+            manifest.classes,
+            threshold=pp.gate_threshold,
+            class_thresholds=pp.class_thresholds,
+        )
+        if self.one_label and multi:
+            gate["top1_accuracy"] = float(np.mean(self.top1))
+        return gate
+
+
 def evaluate(
     model: Any,
-    data: str | Path,
+    data: str | Path | Dataset,
     out: str | Path,
     *,
     split: str = "auto",
@@ -188,71 +255,26 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score a bundle (a path, a loaded bundle or a predictor) on a dataset and write the report
     into ``out``; returns the metrics (``split`` says which images were scored)."""
-    from steelscan.evaluation.metrics import DiceAccumulator, box_map50
-    from steelscan.evaluation.report import compute_gate_metrics, write_evaluation_report
-    from steelscan.inference.postprocess import component_boxes
+    from steelscan.evaluation.metrics import box_map50
+    from steelscan.evaluation.report import write_evaluation_report
 
     predictor = _make_predictor(model, engine, gate_mode, **engine_opts)
     manifest = predictor.manifest
     used = resolve_split(data, manifest, split)
     ds, records = split_records(data, manifest, used)
-    k = manifest.num_classes
-    acc = DiceAccumulator(manifest.class_ids, manifest.classes)
-    y_any, p_any, y_cls, p_cls = [], [], [], []
-    pred_boxes, gt_boxes, per_image = [], [], []
-    top1_hits: list[bool] = []
-    one_label = single_label(records)
+    tally = _Tally(manifest, records, boxes=not ds.has_masks)
     for s in iter_samples(predictor, records, progress=progress):
-        truth = s.record.masks()
-        pred = np.stack([c.mask for c in s.result.classes])
-        dices = acc.add_masks(pred, truth)
-        per_image.append(
-            {
-                "image_id": s.record.image_id,
-                "defect_probability": s.result.defect_probability,
-                "dice": [round(float(d), 6) for d in dices],
-            }
-        )
-        y_any.append(int(s.record.defective))
-        p_any.append(s.result.defect_probability)
-        cp = np.asarray(s.raw.class_probs, dtype=float).reshape(-1)[:k]
-        y_cls.append(np.asarray(s.record.present, dtype=int))
-        p_cls.append(cp)
-        if one_label:
-            top1_hits.append(int(np.argmax(cp)) == int(np.argmax(s.record.present)))
-        if not ds.has_masks:
-            boxes = []
-            for c in s.result.classes:
-                if c.present:
-                    boxes += [
-                        (c.index, *b) for b in component_boxes(c.mask, s.raw.mask_probs[c.index])
-                    ]
-            pred_boxes.append(boxes)
-            gt_boxes.append(list(s.record.boxes))
-    seg = acc.report().to_dict()
-    gate = None
-    if manifest.classifier is not None:
-        pp = predictor.postprocess
-        multi = manifest.classifier.num_outputs == k
-        gate = compute_gate_metrics(
-            np.asarray(y_any),
-            np.asarray(p_any),
-            np.stack(y_cls) if multi else None,
-            np.stack(p_cls) if multi else None,
-            manifest.classes,
-            threshold=pp.gate_threshold,
-            class_thresholds=pp.class_thresholds,
-        )
-        if one_label and multi:
-            gate["top1_accuracy"] = float(np.mean(top1_hits))
-    boxes = box_map50(pred_boxes, gt_boxes, k) if not ds.has_masks else None
+        tally.add(s)
+    seg = tally.dice.report().to_dict()
+    gate = tally.gate(manifest, predictor.postprocess)
+    boxes = box_map50(tally.pred_boxes, tally.gt_boxes, tally.k) if tally.boxes else None
     report = write_evaluation_report(
         out,
         class_names=manifest.classes,
         gate=gate,
         seg=seg,
         boxes=boxes,
-        title=f"steelscan evaluation: {manifest.name} on {Path(data).name} ({used}, "
+        title=f"steelscan evaluation: {manifest.name} on {Path(ds.root).name} ({used}, "
         f"{len(records)} images, engine {predictor.engine_label})",
     )
     return {
@@ -263,7 +285,7 @@ def evaluate(
         "segmentation": seg,
         "gate": gate,
         "boxes": boxes,
-        "per_image": per_image,
+        "per_image": tally.per_image,
     }
 
 
