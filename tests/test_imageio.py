@@ -149,3 +149,85 @@ def test_real_reencoded_png(severstal_reencoded_dir):
     arr = read_image(p, channels=1)
     assert arr.shape == (256, 1600, 1)
     assert 0 < arr.mean() < 255
+
+
+# -- the pixel limit: a decompression bomb is refused from its header -------------------------
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid greyscale PNG of zeros: a few hundred KB that would decode to width x height."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + pixels
+    body = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return bomb_png()
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(bomb, tmp_path):
+    from steelscan.imageio import ImageTooLarge
+
+    assert len(bomb) < 1_000_000
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb)
+    with pytest.raises(ImageTooLarge, match=r"bomb.png: 20000x20000 is 400,000,000 pixels"):
+        read_image(path)
+    with pytest.raises(ImageReadError, match="STEELSCAN_MAX_PIXELS"):
+        decode_image(bomb, name="upload")
+
+
+def test_the_pixel_limit_is_configurable(gradient, monkeypatch):
+    from steelscan.imageio import ImageTooLarge, max_pixels, set_max_pixels
+
+    png = encode_png(gradient)  # 24 x 40 = 960 pixels
+    monkeypatch.setenv("STEELSCAN_MAX_PIXELS", "959")
+    assert max_pixels() == 959
+    with pytest.raises(ImageTooLarge, match="40x24"):
+        decode_image(png)
+    monkeypatch.setenv("STEELSCAN_MAX_PIXELS", "960")
+    assert decode_image(png).shape == (24, 40, 3)
+    try:
+        set_max_pixels(10)
+        with pytest.raises(ImageTooLarge):
+            decode_image(png)
+    finally:
+        set_max_pixels(None)
+    monkeypatch.delenv("STEELSCAN_MAX_PIXELS")
+    assert max_pixels() >= 50 * 256 * 1600  # default: well above a Severstal strip
+
+
+def test_predict_writes_the_good_images_and_lists_the_bomb(bomb, severstal_dir, tmp_path, capsys):
+    """One bomb in a folder costs only its own result: exit 1, the rest written."""
+    import csv
+    import shutil
+
+    from tiny_models import tiny_bundle
+
+    from steelscan.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = sorted((severstal_dir / "images").glob("*.jpg"))[:2]
+    for p in good:
+        shutil.copy(p, folder / p.name)
+    (folder / "zz-bomb.png").write_bytes(bomb)
+    model = tiny_bundle(tmp_path / "model")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(model), str(folder), "--out", str(out), "--engine", "torch"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "zz-bomb.png: 20000x20000" in err and "Traceback" not in err
+    rows = list(csv.DictReader((out / "submission.csv").open()))
+    assert sorted({r["ImageId"] for r in rows}) == sorted(p.name for p in good)
+    errors = list(csv.DictReader((out / "errors.csv").open()))
+    assert [e["ImageId"] for e in errors] == ["zz-bomb.png"]

@@ -2,21 +2,65 @@
 
 Canonical form: ``uint8`` array, H x W x C with C = 3 (RGB) or 1 (grayscale). JPEG and PNG;
 grayscale, RGB, RGBA (alpha dropped) and 16-bit inputs (scaled to 8 bits) are all accepted.
+
+Every decode first reads the header and refuses an image of more than :func:`max_pixels` pixels
+before a single pixel is decoded: a decompression bomb (a 389 KB PNG that decodes to 20000x20000)
+becomes an :class:`ImageTooLarge` error for that image, never an exhausted machine. The limit is
+``STEELSCAN_MAX_PIXELS`` in the environment (default 40 megapixels: almost 100 Severstal strips'
+worth, and about 0.5 GB once decoded and normalised) or :func:`set_max_pixels`.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 40_000_000
+_max_pixels: int | None = None
+# Our own limit replaces Pillow's bomb check (which warns, then raises a non-OSError past 2x).
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageReadError(ValueError):
     """An image file or upload could not be decoded; the message names it."""
+
+
+class ImageTooLarge(ImageReadError):
+    """The header declares more pixels than the limit: refused before decoding."""
+
+
+def max_pixels() -> int:
+    """The decoded-pixel limit: :func:`set_max_pixels`, else ``STEELSCAN_MAX_PIXELS``, else 40 M."""
+    if _max_pixels is not None:
+        return _max_pixels
+    raw = os.environ.get("STEELSCAN_MAX_PIXELS", "").replace("_", "")
+    try:
+        return int(raw) if raw else DEFAULT_MAX_PIXELS
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(limit: int | None) -> None:
+    """Set the limit for this process (``None``: back to the environment or the default)."""
+    global _max_pixels
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"the pixel limit must be at least 1, got {limit}")
+    _max_pixels = None if limit is None else int(limit)
+
+
+def check_pixels(height: int, width: int, name: str) -> None:
+    """Raise :class:`ImageTooLarge` when ``height x width`` is over :func:`max_pixels`."""
+    limit = max_pixels()
+    if int(height) * int(width) > limit:
+        raise ImageTooLarge(
+            f"{name}: {width}x{height} is {int(height) * int(width):,} pixels, over the limit of "
+            f"{limit:,} (set STEELSCAN_MAX_PIXELS to allow larger images)"
+        )
 
 
 def _to_array(img: Image.Image) -> np.ndarray:
@@ -43,12 +87,17 @@ def decode_image(data: bytes, *, name: str = "<bytes>", channels: int = 3) -> np
         raise ImageReadError(f"{name}: the file is empty")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            check_pixels(img.height, img.width, name)  # header only: nothing decoded yet
             img.load()  # forces a full decode: truncated files raise here
             arr = _to_array(img)
+    except ImageReadError:
+        raise
     except UnidentifiedImageError as exc:
         raise ImageReadError(f"{name}: not a readable image (JPEG or PNG expected)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{name}: corrupt or truncated image ({exc})") from exc
+    except MemoryError as exc:
+        raise ImageReadError(f"{name}: not enough memory to decode this image") from exc
     return to_channels(arr, channels)
 
 

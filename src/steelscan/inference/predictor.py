@@ -30,7 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from steelscan.imageio import ImageReadError, decode_image, read_image, to_channels
+from steelscan.imageio import (
+    ImageReadError,
+    check_pixels,
+    decode_image,
+    read_image,
+    to_channels,
+)
 from steelscan.inference.engines import Engine, make_engine
 from steelscan.inference.postprocess import PostProcessor
 from steelscan.inference.preprocess import PadMode, crop, to_batch
@@ -104,6 +110,7 @@ def load_source(source: ImageSource, image_id: str, channels: int) -> np.ndarray
                 f"{image_id}: expected an H x W (x C) uint8 array, "
                 f"got {source.dtype} {source.shape}"
             )
+        check_pixels(source.shape[0], source.shape[1], str(image_id))
         return to_channels(source, channels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return decode_image(bytes(source), name=str(image_id), channels=channels)
