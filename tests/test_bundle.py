@@ -16,6 +16,7 @@ from steelscan.bundle import (
     LoadedBundle,
     load_bundle,
     load_model,
+    read_manifest,
     save_bundle,
     update_manifest,
 )
@@ -210,11 +211,36 @@ def test_truncated_weights_file(bundle) -> None:
     path = bundle / "classifier.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match=r"classifier.safetensors: its sha256 differs"):
+        load_bundle(bundle)
+    # without recorded hashes (a bundle written before they existed) the loader still says why
+    manifest = read_manifest(bundle).model_copy(update={"files": {}})
+    (bundle / MANIFEST_NAME).write_text(manifest.model_dump_json())
     with pytest.raises(BundleError, match=r"classifier.safetensors is corrupted"):
         load_bundle(bundle, weights=True)
     path.write_bytes(b"\x00" * 16)
     with pytest.raises(BundleError, match=r"classifier.safetensors is corrupted"):
         load_bundle(bundle, weights=True)
+
+
+@pytest.mark.parametrize("name", ["classifier.safetensors", "segmenter.safetensors"])
+def test_tampered_weights_of_the_same_size_are_refused(bundle, name) -> None:
+    """One flipped byte deep inside the tensors: safetensors still parses, the hash does not."""
+    path = bundle / name
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"{name}: its sha256 differs"):
+        load_bundle(bundle)
+
+
+def test_saved_bundles_record_every_file_hash(bundle) -> None:
+    from steelscan.bundle import sha256_file
+
+    manifest = read_manifest(bundle)
+    assert set(manifest.files) == {"classifier.safetensors", "segmenter.safetensors"}
+    for name, digest in manifest.files.items():
+        assert sha256_file(bundle / name) == digest
 
 
 def test_weights_that_do_not_match_the_manifest(bundle) -> None:
@@ -246,3 +272,23 @@ def test_save_rejects_inconsistent_arguments(tmp_path, models) -> None:
     with pytest.raises(BundleError, match="manifest.classifier.arch is 'resnet18'"):
         save_bundle(tmp_path / "c", _manifest(wrong), clf)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_predict_refuses_a_tampered_bundle_naming_the_file(bundle, tmp_path, capsys) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from steelscan.cli import main
+
+    path = bundle / "segmenter.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-64] ^= 0x80
+    path.write_bytes(bytes(data))
+    img = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((64, 96), np.uint8)).save(img)
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(bundle), str(img), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "segmenter.safetensors: its sha256 differs" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "submission.csv").exists()

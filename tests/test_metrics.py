@@ -194,7 +194,7 @@ def test_bad_rle_duplicates_and_bad_columns_are_errors(tmp_path):
     with pytest.raises(DataError, match=r"dup\.csv, row 3.*duplicate.*a\.jpg class 1"):
         score_csvs(truth, dup, shape=SHAPE)
     cls = write_new(tmp_path / "cls.csv", [("a.jpg", 7, "1 1")])
-    with pytest.raises(DataError, match="ClassId 7"):
+    with pytest.raises(DataError, match=r"cls\.csv, row 2, field ClassId: .*class id '7'"):
         score_csvs(truth, cls, shape=SHAPE)
     cols = tmp_path / "cols.csv"
     cols.write_text("name,mask\na.jpg,1 1\n")

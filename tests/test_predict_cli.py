@@ -131,6 +131,27 @@ def test_predict_csv_of_ids_with_a_missing_id(tmp_path, severstal_dir, model_dir
     assert "ghost.jpg" in errors
 
 
+def test_predict_defect_and_no_defect_csv_same_images_as_score(
+    tmp_path, severstal_dir, model_dir, capsys
+):
+    """The course's image-level table (``ImageID,label``) lists images for predict exactly as it
+    does for ``score --images``; one id is stored as PNG under a .jpg id."""
+    (tmp_path / "images").mkdir()
+    for name in IMAGES[1:]:
+        shutil.copy(severstal_dir / "images" / name, tmp_path / "images" / name)
+    Image.open(severstal_dir / "images" / IMAGES[0]).save(tmp_path / "images" / "0a1cade03.png")
+    table = tmp_path / "defect_and_no_defect.csv"
+    table.write_text("ImageID,label\n" + "".join(f"{n},{i % 2}\n" for i, n in enumerate(IMAGES)))
+    out = tmp_path / "out"
+    assert run(["predict", model_dir, table, "--out", out]) == 0
+    predicted = [r["ImageId"] for r in _submission(out)]
+    assert list(dict.fromkeys(predicted)) == IMAGES  # the table's order, each image once
+    capsys.readouterr()
+    truth = severstal_dir / "train.csv"
+    assert run(["score", truth, out / "submission.csv", "--images", table, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == len(IMAGES)
+
+
 @pytest.mark.parametrize(
     "case, message",
     [

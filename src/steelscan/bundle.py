@@ -22,6 +22,7 @@ during the save (e.g. an unclosed logger) keep writing to the old, removed copy.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -116,6 +117,62 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def named_files(manifest: ModelManifest) -> list[str]:
+    """Every file a manifest names, relative to the bundle (weights first, then ONNX)."""
+    names: list[str] = []
+    for stage in STAGES:
+        spec = getattr(manifest, stage)
+        if spec is None:
+            continue
+        for name in (spec.weights_file, spec.onnx_file, spec.onnx_int8_file):
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+def with_file_hashes(directory: Path, manifest: ModelManifest) -> ModelManifest:
+    """``manifest`` with ``files`` set to the sha256 of every file it names in ``directory``."""
+    files = {}
+    for name in named_files(manifest):
+        path = Path(directory) / name
+        if path.is_file():
+            files[name] = sha256_file(path)
+    return manifest.model_copy(update={"files": files})
+
+
+def write_manifest(directory: str | os.PathLike, manifest: ModelManifest) -> ModelManifest:
+    """Record the files' hashes and write ``manifest.json`` atomically; returns what was written.
+
+    Every writer of a bundle's manifest (save, export, re-tuning) goes through here, so the
+    hashes always describe the files beside it."""
+    directory = Path(directory)
+    manifest = with_file_hashes(directory, manifest)
+    _write_json_atomic(directory / MANIFEST_NAME, manifest.model_dump_json(indent=2))
+    return manifest
+
+
+def verify_files(bundle: Path, manifest: ModelManifest) -> None:
+    """Refuse a bundle whose files differ from the sha256 its manifest recorded."""
+    for name, digest in manifest.files.items():
+        path = bundle / name
+        if not path.is_file():
+            raise BundleError(f"{path} is missing (listed in {MANIFEST_NAME} files)")
+        if sha256_file(path) != digest:
+            raise BundleError(
+                f"{path}: its sha256 differs from the one recorded in {bundle / MANIFEST_NAME} "
+                "(the file was changed or corrupted after the bundle was written)"
+            )
+
+
 def _write_json_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -188,7 +245,6 @@ def save_bundle(
             dest = tmp / target.relative_to(out)
             dest.parent.mkdir(parents=True, exist_ok=True)
             save_file(state, str(dest), metadata={"format": "pt", "stage": stage})
-        (tmp / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n", "utf-8")
         if out.exists():
             ours = {MANIFEST_NAME} | {t.relative_to(out).parts[0] for t in written.values()}
             for entry in out.iterdir():
@@ -199,6 +255,8 @@ def save_bundle(
                     shutil.copytree(entry, dest, symlinks=True, copy_function=_link_or_copy)
                 else:
                     _link_or_copy(str(entry), str(dest))
+        write_manifest(tmp, manifest)
+        if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)
             os.replace(tmp, out)
@@ -304,6 +362,7 @@ def load_bundle(
             wpath = _weights_path(bundle, spec, stage)
             if not wpath.is_file():
                 raise BundleError(f"{wpath} is missing (named by manifest.{stage}.weights_file)")
+    verify_files(bundle, manifest)
     loaded = LoadedBundle(manifest, path=bundle, device=device)
     return loaded.load_weights() if weights else loaded
 
@@ -331,5 +390,4 @@ def update_manifest(path: str | os.PathLike, **changes: Any) -> ModelManifest:
         raise BundleError(
             f"{bundle / MANIFEST_NAME}: update is invalid: {_format_validation(exc)}"
         ) from exc
-    _write_json_atomic(bundle / MANIFEST_NAME, new.model_dump_json(indent=2))
-    return new
+    return write_manifest(bundle, new)

@@ -63,6 +63,8 @@ class ModelManifest(BaseModel):
     postprocess: PostProcess
     training: dict[str, Any] = Field(default_factory=dict)  # config and data summary
     metrics: dict[str, Any] = Field(default_factory=dict)  # validation metrics
+    # sha256 of every file the manifest names (weights, ONNX), checked at load
+    files: dict[str, str] = Field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:

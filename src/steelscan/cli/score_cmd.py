@@ -43,13 +43,19 @@ def _print_table(report_dict: dict) -> None:
 
 
 def score(
-    truth: Path = typer.Argument(..., help="Ground-truth CSV (any Kaggle layout)."),
-    pred: Path = typer.Argument(..., help="Prediction CSV (any Kaggle layout, e.g. a submission)."),
+    truth: Path = typer.Argument(
+        ..., help="Ground-truth CSV (ImageId,ClassId,EncodedPixels or ImageId_ClassId,...)."
+    ),
+    pred: Path = typer.Argument(
+        ..., help="Prediction CSV (either Kaggle layout, any column order, e.g. a submission)."
+    ),
     images: Path | None = typer.Option(
         None,
         "--images",
-        help="Images to score: a text file of ids or a CSV with an ImageId column. Without it only "
-        "images that appear in TRUTH are scored, so defect-free images with no rows are left out.",
+        help="Images to score: one id per line, or any CSV with an ImageId column (images.csv, "
+        "defect_and_no_defect.csv, a train or submission CSV; the same files predict takes). "
+        "Without it only images that appear in TRUTH are scored, so defect-free images with no "
+        "rows are left out.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON only."),
     height: int = typer.Option(256, "--height", min=1, help="Image height in pixels."),

@@ -1,10 +1,8 @@
 """Reader for the Severstal (Kaggle) layout: ``train.csv`` + ``train_images/`` (or ``images/``).
 
-Both ``train.csv`` formats are accepted and detected from the header:
-
-* new: ``ImageId,ClassId,EncodedPixels`` (one row per defect class present);
-* old: ``ImageId_ClassId,EncodedPixels`` (e.g. ``0002cc93b.jpg_1``; four rows per image, an
-  empty ``EncodedPixels`` meaning that class is absent).
+The CSVs are parsed by :mod:`steelscan.data.kaggle_csv` (both ``train.csv`` layouts, any header
+case) and images are found by :class:`steelscan.data.image_files.ImageFinder` (``x.png`` for id
+``x.jpg``); this module only decides what they mean together.
 
 Every image file in the folder is a record; an image with no row is defect-free. Image-level
 labels come from ``images.csv`` (``ImageId,has_defect``, extra columns allowed) and
@@ -14,31 +12,21 @@ LINE number (header = line 1, first data row = line 2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from steelscan import rle as rle_codec
-from steelscan.data._common import CsvTable, ImageFolder, read_csv, read_sizes, size_problems
+from steelscan.data._common import read_sizes, size_problems
+from steelscan.data.image_files import ImageFinder
+from steelscan.data.kaggle_csv import MaskRow, parse_rle, read_image_rows, read_mask_rows
 from steelscan.data.records import AnnotatedImage, DataError, DataProblem, Dataset
 
 CLASS_IDS: tuple[int, ...] = (1, 2, 3, 4)
 CLASS_NAMES: tuple[str, ...] = tuple(str(c) for c in CLASS_IDS)
 IMAGE_DIRS = ("train_images", "images")
 LABEL_FILES = ("images.csv", "defect_and_no_defect.csv")
-_TRUE = {"1", "true", "yes", "1.0"}
-_FALSE = {"0", "false", "no", "0.0"}
 
 
 def is_severstal(root: Path) -> bool:
     return (root / "train.csv").is_file()
-
-
-@dataclass
-class _MaskRow:
-    image_id: str
-    class_id: int
-    rle: str
-    line: int
 
 
 def _image_dir(root: Path) -> Path | None:
@@ -48,147 +36,91 @@ def _image_dir(root: Path) -> Path | None:
     return None
 
 
-def _mask_rows(
-    table: CsvTable, class_ids: tuple[int, ...]
-) -> tuple[list[_MaskRow], list[DataProblem]]:
-    """Rows of either train.csv format, as (image, class, rle); every bad row is a problem."""
-    f = str(table.path)
-    problems: list[DataProblem] = []
-    i_id, i_cls, i_rle = (
-        table.column("ImageId"),
-        table.column("ClassId"),
-        table.column("EncodedPixels"),
-    )
-    i_both = table.column("ImageId_ClassId")
-    old = i_both is not None and i_rle is not None
-    if not old and None in (i_id, i_cls, i_rle):
-        found = ",".join(table.header)
-        return [], [
-            DataProblem(
-                f,
-                f"unrecognised header {found!r}: expected 'ImageId,ClassId,EncodedPixels' "
-                "(new Kaggle format) or 'ImageId_ClassId,EncodedPixels' (old format)",
-                row=1,
-            )
-        ]
-    out: list[_MaskRow] = []
-    seen: dict[tuple[str, int], int] = {}
-    width = len(table.header)
-    for line, row in table.rows:
-        if len(row) != width:
-            problems.append(DataProblem(f, f"expected {width} fields, found {len(row)}", row=line))
-            continue
-        if old:
-            key = row[i_both].strip()
-            image_id, sep, cls_text = key.rpartition("_")
-            field = "ImageId_ClassId"
-            if not sep or not image_id:
-                problems.append(
-                    DataProblem(
-                        f,
-                        f"{key!r} is not '<ImageId>_<ClassId>' (e.g. '0002cc93b.jpg_1')",
-                        row=line,
-                        field=field,
-                    )
-                )
-                continue
-        else:
-            image_id, cls_text, field = row[i_id].strip(), row[i_cls].strip(), "ClassId"
-            if not image_id:
-                problems.append(DataProblem(f, "empty ImageId", row=line, field="ImageId"))
-                continue
-        try:
-            class_id = int(cls_text)
-        except ValueError:
-            class_id = None
-        if class_id not in class_ids:
-            allowed = ", ".join(map(str, class_ids))
-            problems.append(
-                DataProblem(
-                    f,
-                    f"{image_id}: unknown class id {cls_text!r} (expected one of {allowed})",
-                    row=line,
-                    field=field,
-                )
-            )
-            continue
-        if (image_id, class_id) in seen:
-            problems.append(
-                DataProblem(
-                    f,
-                    f"duplicate row for {image_id} class {class_id} "
-                    f"(first given on line {seen[(image_id, class_id)]})",
-                    row=line,
-                )
-            )
-            continue
-        seen[(image_id, class_id)] = line
-        out.append(_MaskRow(image_id, class_id, row[i_rle].strip(), line))
-    return out, problems
-
-
-def _parse_flag(text: str) -> bool | None:
-    t = text.strip().casefold()
-    return True if t in _TRUE else False if t in _FALSE else None
-
-
 def _image_labels(root: Path) -> tuple[dict[str, tuple[bool, str, int]], list[DataProblem]]:
-    """has_defect per image id from the label CSVs: id -> (value, file, line)."""
+    """has_defect per image id from the label CSVs: id -> (value, file, line).
+
+    The same id in two rows or two files must agree; a contradiction is a problem naming both
+    places, because silently keeping either would train the gate on a coin toss.
+    """
     labels: dict[str, tuple[bool, str, int]] = {}
     problems: list[DataProblem] = []
     for name in LABEL_FILES:
         path = root / name
         if not path.is_file():
             continue
-        table, probs = read_csv(path)
+        rows, probs = read_image_rows(path, labels=True)
         problems += probs
-        if table is None:
-            continue
         f = str(path)
-        i_id = table.column("ImageId", "image_id", "image")
-        i_lab = table.column("has_defect", "label")
-        if i_id is None or i_lab is None:
-            problems.append(
-                DataProblem(
-                    f,
-                    f"unrecognised header {','.join(table.header)!r}: expected an ImageId column "
-                    "and a has_defect (or label) column",
-                    row=1,
-                )
-            )
-            continue
-        for line, row in table.rows:
-            if len(row) <= max(i_id, i_lab):
-                problems.append(DataProblem(f, f"too few fields ({len(row)})", row=line))
-                continue
-            image_id = row[i_id].strip()
-            value = _parse_flag(row[i_lab])
-            if not image_id:
-                problems.append(DataProblem(f, "empty image id", row=line))
-                continue
-            if value is None:
+        for r in rows:
+            value = bool(r.has_defect)
+            if r.image_id in labels and labels[r.image_id][0] != value:
+                old_value, old_file, old_line = labels[r.image_id]
                 problems.append(
                     DataProblem(
                         f,
-                        f"{image_id}: label {row[i_lab]!r} is not 0/1 (or true/false)",
-                        row=line,
-                        field=table.header[i_lab],
-                    )
-                )
-                continue
-            if image_id in labels and labels[image_id][0] != value:
-                old_value, old_file, old_line = labels[image_id]
-                problems.append(
-                    DataProblem(
-                        f,
-                        f"{image_id}: has_defect={int(value)} contradicts has_defect="
+                        f"{r.image_id}: has_defect={int(value)} contradicts has_defect="
                         f"{int(old_value)} on line {old_line} of {old_file}",
-                        row=line,
+                        row=r.line,
                     )
                 )
                 continue
-            labels.setdefault(image_id, (value, f, line))
+            labels.setdefault(r.image_id, (value, f, r.line))
     return labels, problems
+
+
+def _resolve_paths(
+    rows: list[MaskRow],
+    labels: dict[str, tuple[bool, str, int]],
+    csv_path: Path,
+    finder: ImageFinder,
+) -> tuple[dict[str, Path], list[DataProblem]]:
+    """The file of every id a CSV mentions, plus every unlisted image under its own name.
+
+    A missing or ambiguous image is a problem at the first line that mentions it.
+    """
+    mentions: dict[str, tuple[str, int]] = {}
+    for r in rows:
+        mentions.setdefault(r.image_id, (str(csv_path), r.line))
+    for image_id, (_, f, line) in labels.items():
+        mentions.setdefault(image_id, (f, line))
+    paths: dict[str, Path] = {}
+    problems: list[DataProblem] = []
+    for image_id, (f, line) in mentions.items():
+        path, why = finder.find(image_id)
+        if path is None:
+            problems.append(DataProblem(f, why or "image not found", row=line))
+        else:
+            paths[image_id] = path
+    claimed = set(paths.values())
+    for p in finder.files:
+        if p not in claimed:  # an image nobody lists: a defect-free record under its file name
+            paths.setdefault(p.name, p)
+    return paths, problems
+
+
+def _checked_rles(
+    rows: list[MaskRow],
+    sizes: dict[Path | None, tuple[int, int]],
+    paths: dict[str, Path],
+    shape: tuple[int, int] | None,
+    *,
+    validate: bool,
+    csv_path: Path,
+    class_ids: tuple[int, ...],
+) -> tuple[dict[str, dict[int, str]], list[DataProblem]]:
+    """The non-empty RLE per image and 0-based class, each checked against its image's size."""
+    rles: dict[str, dict[int, str]] = {}
+    problems: list[DataProblem] = []
+    for r in rows:
+        size = sizes.get(paths.get(r.image_id)) or shape
+        if validate and r.rle and size is not None:
+            _, problem = parse_rle(r, size, csv_path)
+            if problem is not None:
+                problems.append(problem)
+                continue
+        if r.rle:
+            rles.setdefault(r.image_id, {})[class_ids.index(r.class_id)] = r.rle
+    return rles, problems
 
 
 def scan_severstal(
@@ -202,41 +134,18 @@ def scan_severstal(
     """
     root = Path(root)
     csv_path = root / "train.csv"
-    problems: list[DataProblem] = []
     classes = tuple(str(c) for c in class_ids)
-    empty = Dataset(root, "severstal", classes, class_ids, [], has_masks=True)
-    table, probs = read_csv(csv_path)
-    problems += probs
-    rows, probs = _mask_rows(table, class_ids) if table else ([], [])
-    problems += probs
+    rows, problems = read_mask_rows(csv_path, class_ids)
     labels, probs = _image_labels(root)
     problems += probs
-
     img_dir = _image_dir(root)
     if img_dir is None:
         problems.append(
             DataProblem(str(root), "no image folder: expected train_images/ or images/ here")
         )
-        return empty, problems
-    folder = ImageFolder.scan(img_dir)
-
-    # Every id any CSV mentions (first mention kept, for the error's file and line).
-    mentions: dict[str, tuple[str, int]] = {}
-    for r in rows:
-        mentions.setdefault(r.image_id, (str(csv_path), r.line))
-    for image_id, (_, f, line) in labels.items():
-        mentions.setdefault(image_id, (f, line))
-    paths: dict[str, Path] = {}
-    for image_id, (f, line) in mentions.items():
-        path, why = folder.find(image_id)
-        if path is None:
-            problems.append(DataProblem(f, why or "image not found", row=line))
-        else:
-            paths[image_id] = path
-    claimed = set(paths.values())
-    for p in folder.by_name.values():
-        if p not in claimed:  # an image nobody lists: a defect-free record under its file name
-            paths.setdefault(p.name, p)
+        return Dataset(root, "severstal", classes, class_ids, [], has_masks=True), problems
+    paths, probs = _resolve_paths(rows, labels, csv_path, ImageFinder.scan(img_dir))
+    problems += probs
 
     sizes, probs = read_sizes(sorted(set(paths.values())))
     problems += probs
@@ -244,34 +153,14 @@ def scan_severstal(
     problems += probs
     if shape is None and sizes:
         shape = next(iter(sizes.values()))
-
-    rles: dict[str, dict[int, str]] = {}
-    for r in rows:
-        size = sizes.get(paths.get(r.image_id)) or shape
-        if validate and r.rle and size is not None:
-            try:
-                rle_codec.parse(r.rle, size)
-            except ValueError as exc:
-                problems.append(
-                    DataProblem(
-                        str(csv_path),
-                        f"{r.image_id} class {r.class_id}: {exc}",
-                        row=r.line,
-                        field="EncodedPixels",
-                    )
-                )
-                continue
-        if r.rle:
-            rles.setdefault(r.image_id, {})[class_ids.index(r.class_id)] = r.rle
-
+    rles, probs = _checked_rles(
+        rows, sizes, paths, shape, validate=validate, csv_path=csv_path, class_ids=class_ids
+    )
+    problems += probs
     for image_id, (value, f, line) in labels.items():
         if not value and rles.get(image_id):
             problems.append(
-                DataProblem(
-                    f,
-                    f"{image_id}: has_defect=0 but train.csv has masks for it",
-                    row=line,
-                )
+                DataProblem(f, f"{image_id}: has_defect=0 but train.csv has masks for it", row=line)
             )
 
     records = []

@@ -15,7 +15,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steelscan.data._common import ImageFolder, read_csv, read_sizes
+from steelscan.data._common import read_sizes
+from steelscan.data.image_files import ImageFinder
+from steelscan.data.kaggle_csv import read_table
 from steelscan.data.records import AnnotatedImage, Box, DataError, DataProblem, Dataset
 
 ANNOTATION_DIRS = ("annotations", "Annotations")
@@ -121,7 +123,7 @@ def _image_labels(
     out: dict[str, int] = {}
     if not path.is_file():
         return out, []
-    table, problems = read_csv(path)
+    table, problems = read_table(path)
     if table is None:
         return out, problems
     f = str(path)
@@ -155,21 +157,11 @@ def _image_labels(
     return out, problems
 
 
-def scan_voc(root: Path, *, validate: bool = True) -> tuple[Dataset, list[DataProblem]]:
-    """Read a VOC folder and return the dataset plus EVERY problem found (never raises on data).
-
-    ``validate=False`` skips comparing each XML's stated size with its image's real size.
-    """
-    root = Path(root)
+def _match_annotations(
+    ann_dir: Path, folder: ImageFinder
+) -> tuple[dict[Path, _RawXml], list[DataProblem]]:
+    """Each XML with its image (by the XML's stem, then ``<filename>``); one XML per image."""
     problems: list[DataProblem] = []
-    ann_dir = _first_dir(root, ANNOTATION_DIRS)
-    img_dir = _first_dir(root, IMAGE_DIRS)
-    if ann_dir is None or img_dir is None:
-        missing = "annotations/" if ann_dir is None else "images/"
-        problems.append(DataProblem(str(root), f"no {missing} folder (Pascal VOC layout)"))
-        return Dataset(root, "voc", (), (), [], has_masks=False), problems
-    folder = ImageFolder.scan(img_dir)
-
     raws: dict[Path, _RawXml] = {}  # image path -> its annotation
     for xml_path in sorted(ann_dir.glob("*.xml")):
         raw, probs = _parse_xml(xml_path)
@@ -187,45 +179,69 @@ def scan_voc(root: Path, *, validate: bool = True) -> tuple[Dataset, list[DataPr
                     f"<filename> {raw.filename!r}): {why}",
                 )
             )
-            continue
-        if image in raws:
+        elif image in raws:
             problems.append(
                 DataProblem(
-                    str(xml_path),
-                    f"{image.name} is already annotated by {raws[image].path.name}",
+                    str(xml_path), f"{image.name} is already annotated by {raws[image].path.name}"
                 )
             )
-            continue
-        raws[image] = raw
+        else:
+            raws[image] = raw
+    return raws, problems
 
+
+def _boxes(
+    raw: _RawXml, path: Path, h: int, w: int, classes: tuple[str, ...], *, validate: bool
+) -> tuple[list[Box], list[DataProblem]]:
+    """One XML's boxes converted to the real image's pixels, and what was wrong with them."""
+    f = str(raw.path)
+    problems: list[DataProblem] = []
+    if validate and raw.size is not None and raw.size != (h, w):
+        problems.append(
+            DataProblem(
+                f,
+                f"states size {raw.size[1]}x{raw.size[0]} but {path.name} is {w}x{h} "
+                "(width x height); boxes are clipped to the real image",
+                field="size",
+            )
+        )
+    boxes: list[Box] = []
+    for rb in raw.boxes:
+        box, problem = _convert(rb, classes.index(rb.name), h, w, f)
+        if problem:
+            problems.append(problem)
+        elif box:
+            boxes.append(box)
+    return boxes, problems
+
+
+def scan_voc(root: Path, *, validate: bool = True) -> tuple[Dataset, list[DataProblem]]:
+    """Read a VOC folder and return the dataset plus EVERY problem found (never raises on data).
+
+    ``validate=False`` skips comparing each XML's stated size with its image's real size.
+    """
+    root = Path(root)
+    ann_dir = _first_dir(root, ANNOTATION_DIRS)
+    img_dir = _first_dir(root, IMAGE_DIRS)
+    if ann_dir is None or img_dir is None:
+        missing = "annotations/" if ann_dir is None else "images/"
+        problem = DataProblem(str(root), f"no {missing} folder (Pascal VOC layout)")
+        return Dataset(root, "voc", (), (), [], has_masks=False), [problem]
+    folder = ImageFinder.scan(img_dir)
+    raws, problems = _match_annotations(ann_dir, folder)
     classes = tuple(sorted({b.name for r in raws.values() for b in r.boxes}))
-    sizes, probs = read_sizes(sorted(folder.by_name.values()))
+    sizes, probs = read_sizes(sorted(folder.files))
     problems += probs
 
     records = []
-    for path in sorted(folder.by_name.values()):
+    for path in sorted(folder.files):
         if path not in sizes:
             continue  # unreadable: already a problem
         h, w = sizes[path]
-        raw = raws.get(path)
         boxes: list[Box] = []
-        if raw is not None:
-            f = str(raw.path)
-            if validate and raw.size is not None and raw.size != (h, w):
-                problems.append(
-                    DataProblem(
-                        f,
-                        f"states size {raw.size[1]}x{raw.size[0]} but {path.name} is {w}x{h} "
-                        "(width x height); boxes are clipped to the real image",
-                        field="size",
-                    )
-                )
-            for rb in raw.boxes:
-                box, problem = _convert(rb, classes.index(rb.name), h, w, f)
-                if problem:
-                    problems.append(problem)
-                elif box:
-                    boxes.append(box)
+        if path in raws:
+            boxes, probs = _boxes(raws[path], path, h, w, classes, validate=validate)
+            problems += probs
         records.append(
             AnnotatedImage(
                 image_id=path.name,

@@ -16,13 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from steelscan import rle as rle_codec
+from steelscan.data.kaggle_csv import SEVERSTAL_CLASS_IDS, load_image_ids, load_mask_runs
 from steelscan.data.records import DataError, DataProblem
-
-SEVERSTAL_CLASS_IDS: tuple[int, ...] = (1, 2, 3, 4)
-
 
 # --------------------------------------------------------------------------- Dice
 
@@ -201,132 +197,19 @@ def kaggle_score(preds: Iterable[np.ndarray], truths: Iterable[np.ndarray]) -> f
     return acc.report().score
 
 
-# --------------------------------------------------------------------------- CSV reading
-
-
-def _read_rle_csv(
-    path: Path, class_ids: Sequence[int], shape: tuple[int, int]
-) -> dict[tuple[str, int], tuple[np.ndarray, int]]:
-    """Read any of the three Kaggle CSV layouts into {(image_id, class_id): (runs, line)}.
-
-    Layouts: ``ImageId,ClassId,EncodedPixels`` in any column order (the 2019 train.csv and the
-    submission file), or the original ``ImageId_ClassId,EncodedPixels``. Line numbers count the
-    header as line 1. Every problem in the file is collected and raised together.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError([DataProblem(str(path), "file not found")])
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError([DataProblem(str(path), f"cannot be read as CSV: {exc}")]) from exc
-    cols = [str(c).strip() for c in df.columns]
-    df.columns = cols
-    problems: list[DataProblem] = []
-    if "EncodedPixels" not in cols:
-        raise DataError([DataProblem(str(path), f"no EncodedPixels column (columns: {cols})")])
-    if {"ImageId", "ClassId"} <= set(cols):
-        images = df["ImageId"].str.strip().tolist()
-        classes_raw = df["ClassId"].str.strip().tolist()
-    elif "ImageId_ClassId" in cols:
-        images, classes_raw = [], []
-        for v in df["ImageId_ClassId"].str.strip():
-            img, sep, cls = v.rpartition("_")
-            images.append(img if sep else v)
-            classes_raw.append(cls if sep else "")
-    else:
-        raise DataError(
-            [
-                DataProblem(
-                    str(path),
-                    "expected columns ImageId,ClassId,EncodedPixels (any order) or "
-                    f"ImageId_ClassId,EncodedPixels; found {cols}",
-                )
-            ]
-        )
-    allowed = set(int(c) for c in class_ids)
-    out: dict[tuple[str, int], tuple[np.ndarray, int]] = {}
-    for i, (img, cls, enc) in enumerate(zip(images, classes_raw, df["EncodedPixels"], strict=True)):
-        line = i + 2
-        if not img:
-            problems.append(DataProblem(str(path), "empty ImageId", row=line, field="ImageId"))
-            continue
+def _load_both(
+    truth_csv: Path, pred_csv: Path, shape: tuple[int, int], class_ids: Sequence[int]
+) -> tuple[dict[tuple[str, int], np.ndarray], dict[tuple[str, int], np.ndarray]]:
+    """Both CSVs' runs; the problems of both files are reported together, not one file a run."""
+    loaded, problems = [], []
+    for path in (truth_csv, pred_csv):
         try:
-            cid = int(cls)
-        except ValueError:
-            problems.append(
-                DataProblem(
-                    str(path), f"ClassId {cls!r} is not an integer", row=line, field="ClassId"
-                )
-            )
-            continue
-        if cid not in allowed:
-            problems.append(
-                DataProblem(
-                    str(path),
-                    f"ClassId {cid} is not one of {sorted(allowed)}",
-                    row=line,
-                    field="ClassId",
-                )
-            )
-            continue
-        try:
-            runs = rle_codec.parse(enc, shape)
-        except ValueError as exc:
-            problems.append(
-                DataProblem(
-                    str(path),
-                    f"bad RLE for {img} class {cid}: {exc}",
-                    row=line,
-                    field="EncodedPixels",
-                )
-            )
-            continue
-        key = (img, cid)
-        if key in out:
-            problems.append(
-                DataProblem(
-                    str(path),
-                    f"duplicate row for image {img} class {cid} (first on line {out[key][1]})",
-                    row=line,
-                )
-            )
-            continue
-        out[key] = (runs, line)
+            loaded.append(load_mask_runs(path, shape, class_ids))
+        except DataError as exc:
+            problems += exc.problems
     if problems:
         raise DataError(problems)
-    return out
-
-
-def read_image_list(path: Path) -> list[str]:
-    """Image ids from a text file (one per line) or a CSV with an ``ImageId`` column (any case:
-    the image-level ``defect_and_no_defect.csv`` spells it ``ImageID``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError([DataProblem(str(path), "image list not found")])
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        raise DataError([DataProblem(str(path), "image list is empty")])
-    header = [c.strip() for c in lines[0].split(",")]
-    column = next((c for c in header if c.lower() == "imageid"), None)
-    if column is not None:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        df.columns = [c.strip() for c in df.columns]
-        ids = [v.strip() for v in df[column]]
-    elif "," in lines[0]:
-        raise DataError(
-            [DataProblem(str(path), f"CSV image list needs an ImageId column (header: {header})")]
-        )
-    else:
-        ids = lines
-    seen: set[str] = set()
-    unique = []
-    for v in ids:
-        if v and v not in seen:
-            seen.add(v)
-            unique.append(v)
-    return unique
+    return loaded[0], loaded[1]
 
 
 def score_csvs(
@@ -339,21 +222,23 @@ def score_csvs(
 ) -> ScoreReport:
     """Kaggle score of a prediction CSV against a truth CSV, computed from the RLE runs directly.
 
-    The scored images (the universe) are ``images`` (a file of ids or a list) when given, else the
-    image ids that appear in the truth CSV. Images of the universe that have no rows in a CSV are
-    empty for every class. Without ``images``, defect-free images that have no rows in the truth
+    Both CSVs are read by :func:`steelscan.data.kaggle_csv.load_mask_runs` (new or old layout, any
+    header case and column order). The scored images (the universe) are ``images`` when given (a
+    list, or any file :func:`~steelscan.data.kaggle_csv.load_image_ids` reads: ``images.csv``,
+    ``defect_and_no_defect.csv``, a mask CSV or one id per line), else the image ids that appear
+    in the truth CSV. Images of the universe that have no rows in a CSV are empty for every
+    class. Without ``images``, defect-free images that have no rows in the truth
     CSV are NOT scored at all (the Severstal train.csv lists only defects): pass the list of all
     images to score them. A prediction for an image outside the universe is an error naming the
     ids, as are bad RLE, unknown classes and duplicate (image, class) rows.
     """
     truth_csv, pred_csv = Path(truth_csv), Path(pred_csv)
-    truth = _read_rle_csv(truth_csv, class_ids, shape)
-    pred = _read_rle_csv(pred_csv, class_ids, shape)
+    truth, pred = _load_both(truth_csv, pred_csv, shape, class_ids)
     if images is None:
         universe = list(dict.fromkeys(img for img, _ in truth))
         source = f"image ids in {truth_csv}"
     elif isinstance(images, (str, Path)):
-        universe = read_image_list(Path(images))
+        universe = load_image_ids(Path(images))
         source = str(images)
     else:
         universe = list(dict.fromkeys(images))
@@ -378,8 +263,8 @@ def score_csvs(
     empty = np.zeros((0, 2), dtype=np.int64)
     for img in universe:
         for ci, cid in enumerate(acc.class_ids):
-            t = truth.get((img, cid), (empty, 0))[0]
-            p = pred.get((img, cid), (empty, 0))[0]
+            t = truth.get((img, cid), empty)
+            p = pred.get((img, cid), empty)
             acc.add_areas(ci, int(p[:, 1].sum()), int(t[:, 1].sum()), runs_intersection(p, t))
     report = acc.report()
     report.sources = {"truth": str(truth_csv), "prediction": str(pred_csv), "images": source}

@@ -1,11 +1,14 @@
 """Resolve what the user passed to ``steelscan predict`` into a list of images, each once.
 
 Accepted inputs: image files; folders of images (non-recursive, sorted; a folder holding only an
-``images/`` or ``train_images/`` subfolder is looked into); a CSV with an ``ImageId`` column (ids
-resolved beside the CSV, in ``images/`` or ``train_images/``, also under another image suffix with
-the same stem, as Severstal re-encodes store ``<id>.png`` for ``<id>.jpg``); a labelled dataset
-folder (has ``train.csv``, or VOC ``annotations/``): its records come with ground truth, for
-overlays.
+``images/`` or ``train_images/`` subfolder is looked into); a CSV listing images (any table
+:func:`steelscan.data.kaggle_csv.read_image_rows` reads, the same files ``steelscan score --images``
+takes: ``images.csv``, ``defect_and_no_defect.csv``, a train or submission CSV in either Kaggle
+layout, one id per line), its ids found beside the CSV or in ``images/``, ``train_images/`` or
+``test_images/`` by :class:`steelscan.data.image_files.ImageFinder` (also under another image
+suffix with the same stem, as Severstal re-encodes store ``<id>.png`` for ``<id>.jpg``); a
+labelled dataset folder (has ``train.csv``, or VOC ``annotations/``): its records come with ground
+truth, for overlays.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
+from steelscan.data.image_files import ImageFinder, list_images
+from steelscan.data.kaggle_csv import read_image_rows
 from steelscan.data.records import AnnotatedImage, DataError, DataProblem
 from steelscan.imageio import IMAGE_SUFFIXES
 
@@ -40,60 +43,25 @@ class Inputs:
     notes: list[str] = field(default_factory=list)  # duplicates dropped etc.
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _list_images(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
-
-
-def find_image(image_id: str, folders: Iterable[Path]) -> Path | None:
-    """Find ``image_id`` in ``folders``; else a file with the same stem and another image suffix."""
-    folders = [f for f in folders if f.is_dir()]
-    for folder in folders:
-        p = folder / image_id
-        if p.is_file():
-            return p
-    stem = Path(image_id).stem
-    for folder in folders:
-        for suffix in IMAGE_SUFFIXES:
-            for cand in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
-                if cand.is_file():
-                    return cand
-    return None
-
-
 def _from_csv(csv: Path, out: Inputs) -> list[InputImage]:
-    try:
-        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError([DataProblem(str(csv), f"not a readable CSV ({exc})")]) from exc
-    if "ImageId" not in df.columns:
-        raise DataError(
-            [DataProblem(str(csv), f"no ImageId column (columns: {', '.join(df.columns)})")]
-        )
-    folders = [csv.parent] + [csv.parent / d for d in IMAGE_SUBDIRS]
+    """The images a CSV lists, each once; rows that cannot be used go to ``out.missing`` so the
+    rest still runs. A CSV that lists nothing readable at all raises (a wrong file, most likely)."""
+    rows, problems = read_image_rows(csv)
+    if problems and not rows:
+        raise DataError(problems)
+    out.missing.extend((f"{csv}:{p.row}", p.message) for p in problems)
+    finder = ImageFinder.scan(csv.parent, *(csv.parent / d for d in IMAGE_SUBDIRS))
     items = []
     seen: set[str] = set()
-    for row, image_id in enumerate(df["ImageId"].str.strip(), start=2):
-        if not image_id:
-            out.missing.append((f"{csv}:{row}", "empty ImageId"))
+    for row in rows:
+        if row.image_id in seen:  # submission-style CSVs list each image once per class
             continue
-        if image_id in seen:  # submission-style CSVs list each image once per class
-            continue
-        seen.add(image_id)
-        path = find_image(image_id, folders)
+        seen.add(row.image_id)
+        path, why = finder.find(row.image_id)
         if path is None:
-            out.missing.append(
-                (
-                    image_id,
-                    f"listed in {csv.name} row {row}, no such image beside it or in "
-                    f"{'/'.join(IMAGE_SUBDIRS)}/",
-                )
-            )
+            out.missing.append((row.image_id, f"listed in {csv.name} line {row.line}: {why}"))
             continue
-        items.append(InputImage(image_id, path))
+        items.append(InputImage(row.image_id, path))
     return items
 
 
@@ -112,13 +80,12 @@ def _from_dataset(folder: Path, out: Inputs) -> list[InputImage]:
 
 
 def _from_folder(folder: Path) -> list[InputImage]:
-    files = _list_images(folder)
+    files = list_images(folder)
     if not files:
         for sub in IMAGE_SUBDIRS:
-            if (folder / sub).is_dir():
-                files = _list_images(folder / sub)
-                if files:
-                    break
+            files = list_images(folder / sub)
+            if files:
+                break
     if not files:
         raise DataError(
             [DataProblem(str(folder), "folder holds no images (" + ", ".join(IMAGE_SUFFIXES) + ")")]
@@ -129,7 +96,7 @@ def _from_folder(folder: Path) -> list[InputImage]:
 def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
     """Resolve predict inputs; every image appears once (first occurrence wins).
 
-    A path that does not exist, a folder without images or a CSV without ``ImageId`` raises
+    A path that does not exist, a folder without images or a CSV without an image id column raises
     :class:`DataError` (the user mistyped something); ids from a CSV that cannot be found are
     collected in ``missing`` so the rest still runs and they are reported at the end.
     """
@@ -148,7 +115,7 @@ def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
         elif p.suffix.lower() in IMAGE_SUFFIXES:
             items = [InputImage(p.name, p)]
         else:
-            problems.append(DataProblem(str(p), "not an image, a folder or a CSV of ImageIds"))
+            problems.append(DataProblem(str(p), "not an image, a folder or a CSV of image ids"))
             continue
         for item in items:
             prev = by_id.get(item.image_id)

@@ -2,51 +2,31 @@
 
 Inference runs at full resolution (no resize): the network is fully convolutional, so images are
 only padded up to the bundle's ``pad_multiple`` and every output is cropped back to its own size.
+The normalisation and padding rules themselves live in :mod:`steelscan.imaging`, shared with
+training; this module applies them with the numbers a bundle's manifest records.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 
-from steelscan.imageio import to_channels
+from steelscan.imaging import Normaliser, PadMode, pad_to, padded_size
 from steelscan.manifest import ModelManifest
 
-PadMode = Literal["reflect", "zero"]
+__all__ = ["PadMode", "crop", "normaliser", "normalise", "padded_size", "to_batch"]
 
 
-def _stats(values: Sequence[float], channels: int, what: str) -> np.ndarray:
-    """Per-channel mean/std; 3 RGB values are averaged for 1-channel models, 1 value is repeated."""
-    v = np.asarray(values, dtype=np.float32)
-    if v.size == channels:
-        return v
-    if v.size == 1:
-        return np.repeat(v, channels)
-    if channels == 1:
-        return v.mean(keepdims=True)
-    raise ValueError(f"manifest normalization {what} has {v.size} values for {channels} channels")
-
-
-def padded_size(h: int, w: int, multiple: int) -> tuple[int, int]:
-    """The smallest (H, W) at least (h, w) whose sides are multiples of ``multiple``."""
-    m = max(1, int(multiple))
-    return -(-h // m) * m, -(-w // m) * m
+def normaliser(manifest: ModelManifest) -> Normaliser:
+    """The normaliser a bundle was trained with (its manifest's mean, std and channels)."""
+    norm = manifest.normalization
+    return Normaliser.from_stats(norm.mean, norm.std, manifest.in_channels)
 
 
 def normalise(image: np.ndarray, manifest: ModelManifest) -> np.ndarray:
     """uint8 H x W x C (any of 1/3 channels) -> float32 C x H x W, ``(x/255 - mean) / std``."""
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    c = manifest.in_channels
-    arr = to_channels(image, c)
-    mean = _stats(manifest.normalization.mean, c, "mean")
-    std = _stats(manifest.normalization.std, c, "std")
-    scale = (1.0 / (255.0 * std)).astype(np.float32)
-    shift = (mean / std).astype(np.float32)
-    out = arr.astype(np.float32) * scale - shift  # one fused pass instead of three
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    return normaliser(manifest)(image)
 
 
 def to_batch(
@@ -69,14 +49,10 @@ def to_batch(
             raise ValueError(f"image {i} has shape {img.shape}; expected H x W x C")
         sizes.append((int(img.shape[0]), int(img.shape[1])))
     H, W = padded_size(max(h for h, _ in sizes), max(w for _, w in sizes), manifest.pad_multiple)
-    batch = np.zeros((len(images), manifest.in_channels, H, W), dtype=np.float32)
+    norm = normaliser(manifest)
+    batch = np.empty((len(images), manifest.in_channels, H, W), dtype=np.float32)
     for i, img in enumerate(images):
-        x = normalise(img if img.ndim == 3 else img[..., None], manifest)
-        h, w = sizes[i]
-        if pad_mode == "reflect" and (H > h or W > w) and min(h, w) > 1:
-            batch[i] = np.pad(x, ((0, 0), (0, H - h), (0, W - w)), mode="reflect")
-        else:
-            batch[i, :, :h, :w] = x
+        batch[i] = pad_to(norm(img), H, W, pad_mode)
     return batch, sizes
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from steelscan.imaging import PAD_MULTIPLE, pad_amount
 from steelscan.manifest import StageSpec
 from steelscan.models.classic import CLASSIC_ARCH, ClassicGate
 from steelscan.models.pretrained import (
@@ -44,7 +45,7 @@ SEGMENTER_FILE = "segmenter.safetensors"
 RESUNET_ARCH = "resunet"
 #: smp architectures plus the course's ResUNet; any other arch name is a classifier.
 SEGMENTER_ARCHS: tuple[str, ...] = (RESUNET_ARCH, *smp.MODEL_ARCHITECTURES_MAPPING)
-DEFAULT_PAD_MULTIPLE = 32
+DEFAULT_PAD_MULTIPLE = PAD_MULTIPLE
 
 
 # --------------------------------------------------------------------------- helpers
@@ -93,13 +94,14 @@ def _weights_args(encoder_weights: Any, weights_sha256: str | None) -> str | Pat
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad bottom/right so H and W are multiples of ``multiple`` (0 = the mean colour after
-    normalisation).
+    normalisation), by :func:`steelscan.imaging.pad_amount`, the rule the numpy side pads with.
 
-    Padding is unconditional (a zero pad when already aligned) so that a traced ONNX export keeps
-    it as shape arithmetic instead of freezing the branch taken by the example input.
+    It stays a tensor operation inside the model (the exported graph must pad images it was not
+    traced on). Padding is unconditional (a zero pad when already aligned) so that a traced ONNX
+    export keeps it as shape arithmetic instead of freezing the branch taken by the example input.
     """
     h, w = x.shape[-2:]
-    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
+    return F.pad(x, (0, pad_amount(w, multiple), 0, pad_amount(h, multiple)))
 
 
 # --------------------------------------------------------------------------- segmenter wrapper

@@ -1,9 +1,10 @@
 """Lightning data module over steelscan :class:`~steelscan.data.records.Dataset` records.
 
-Each sample is a dict: ``image`` (C, H, W) float32 normalised like inference does it,
-``mask`` (K, H, W) float32, ``presence`` (K,) float32, ``size`` (h, w) of the unpadded image and
-``index`` (position in the split). Images are padded up to a multiple of 32 (reflect, as
-:func:`steelscan.inference.preprocess.to_batch` does) so encoders with 5 down-samplings accept them.
+Each sample is a dict: ``image`` (C, H, W) float32, ``mask`` (K, H, W) float32, ``presence``
+(K,) float32, ``size`` (h, w) of the unpadded image and ``index`` (position in the split). Images
+are normalised and padded up to a multiple of 32 (reflect; masks with zeros) by
+:mod:`steelscan.imaging`, the same functions :func:`steelscan.inference.preprocess.to_batch`
+uses, so a full validation image is bit for bit what inference feeds the model.
 
 Why the classifier trains on full images (not crops or downscaled images): its label is image-level
 presence, which a crop can lose, and inference classifies the full-resolution image, so training at
@@ -23,29 +24,10 @@ from torch.utils.data import Dataset as TorchDataset
 
 from steelscan.data.records import AnnotatedImage
 from steelscan.imageio import read_image
+from steelscan.imaging import PAD_MULTIPLE, Normaliser, pad_to, padded_size
 from steelscan.training.augment import train_transform
 
-PAD_MULTIPLE = 32
-
-
-def channel_stats(
-    mean: Sequence[float], std: Sequence[float], channels: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean/std; a 1-channel model uses the average of the RGB statistics."""
-    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    if channels == 1 and m.size != 1:
-        m, s = m.mean(keepdims=True), s.mean(keepdims=True)
-    return m, s
-
-
-def _pad_to(x: np.ndarray, h: int, w: int, mode: str) -> np.ndarray:
-    """Pad (C, h0, w0) bottom/right to (C, h, w)."""
-    ph, pw = h - x.shape[1], w - x.shape[2]
-    if ph == 0 and pw == 0:
-        return x
-    if mode == "reflect" and x.shape[1] > ph and x.shape[2] > pw:
-        return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="reflect")
-    return np.pad(x, ((0, 0), (0, ph), (0, pw)))
+__all__ = ["PAD_MULTIPLE", "SteelDataModule", "SteelDataset", "pad_collate"]
 
 
 class SteelDataset(TorchDataset):
@@ -65,7 +47,7 @@ class SteelDataset(TorchDataset):
     ):
         self.records = list(records)
         self.in_channels = in_channels
-        self.mean, self.std = channel_stats(mean, std, in_channels)
+        self.normalise = Normaliser.from_stats(mean, std, in_channels)
         self.transform = train_transform(crop_hw, defect_crop_bias, seed=seed) if augment else None
 
     def __len__(self) -> int:
@@ -89,14 +71,10 @@ class SteelDataset(TorchDataset):
         if self.transform is not None:
             out = self.transform(image=image, masks=list(masks))
             image, masks = out["image"], np.stack(out["masks"])
-        if image.ndim == 2:
-            image = image[..., None]
         h, w = image.shape[:2]
-        x = (image.astype(np.float32) / 255.0 - self.mean) / self.std
-        x = x.transpose(2, 0, 1)
-        ph, pw = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
-        x = _pad_to(np.ascontiguousarray(x, dtype=np.float32), ph, pw, "reflect")
-        m = _pad_to(masks.astype(np.float32), ph, pw, "zero")
+        ph, pw = padded_size(h, w, PAD_MULTIPLE)
+        x = pad_to(self.normalise(image), ph, pw, "reflect")
+        m = pad_to(masks.astype(np.float32), ph, pw, "zero")
         if self.transform is None:
             # full image: image-level presence (labels/has_defect count even without masks)
             presence = np.asarray(rec.present, np.float32)
