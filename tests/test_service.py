@@ -93,6 +93,8 @@ def test_health_and_model_metadata(client, service_bundle):
     assert all(c["color"].startswith("#") for c in m["classes"])
     assert m["metrics"] == manifest.metrics
     assert m["limits"]["max_upload_bytes"] == 2 * 1024 * 1024
+    # `steelscan serve` defaults to --engine auto: a bundle without an ONNX export runs on torch.
+    assert (m["engine"], m["precision"]) == ("torch", "fp32")
 
 
 def test_openapi_documents_the_api(client):
@@ -120,6 +122,11 @@ def test_web_page_and_assets_are_served(client):
 
 # -- inspection ----------------------------------------------------------------------------
 def test_inspect_matches_the_library_and_rle_decodes_to_area(client, service_images, inspector):
+    from steelscan.service.inspection import candidate_params
+
+    # The candidate masks are the same raw output through the same post-processor, with every
+    # presence threshold and minimum area at 0.
+    opened = inspector.postprocessor.with_params(candidate_params(inspector.postprocess))
     found_any = False
     for path in service_images:
         r = _post_file(client, path, candidates=True)
@@ -143,6 +150,9 @@ def test_inspect_matches_the_library_and_rle_decodes_to_area(client, service_ima
             assert int(cand_mask.sum()) == cand["area"]
             assert not (mask & (1 - cand_mask)).any(), "final mask must lie inside the candidate"
             found_any |= c["present"]
+        (raw,) = inspector.raw([read_image(path)], skip_gated=False)
+        want = opened.finish(raw, path.name)
+        assert [c["candidate"]["rle"] for c in d["classes"]] == [c.rle() for c in want.classes]
         # Class 4's presence threshold is above 1: never present, though it has a candidate mask.
         last = d["classes"][-1]
         assert last["present"] is False and last["rle"] == "" and last["area"] == 0
@@ -425,7 +435,8 @@ def test_serve_runs_an_exported_int8_bundle(tmp_path, service_bundle, service_im
         service_bundle, tmp_path / "onnx", int8=True, calibration=synth_small, calibration_images=2
     )
     local = Inspector(exported, engine="onnx", int8=True, strict_size=True)
-    with serve_process([str(exported), "--engine", "onnx", "--int8"], tmp_path / "log") as url:
+    log = tmp_path / "log"
+    with serve_process([str(exported), "--engine", "onnx", "--int8"], log) as url:
         with httpx.Client(base_url=url, timeout=120) as c:
             m = c.get("/v1/model").json()
             assert (m["engine"], m["precision"]) == ("onnx", "int8")
@@ -435,9 +446,105 @@ def test_serve_runs_an_exported_int8_bundle(tmp_path, service_bundle, service_im
                 expected = local.inspect(read_image(path), image_id=path.name)
                 got = [(c_["present"], c_["rle"]) for c_ in r.json()["classes"]]
                 assert got == [(e.present, e.rle() if e.present else "") for e in expected.classes]
+    assert "engine: onnx int8 (asked for)" in log.read_text()  # serve says what it runs
 
 
 def test_serve_refuses_flags_that_do_not_fit_the_engine(service_bundle):
-    r = _serve(str(service_bundle), "--int8")
+    r = _serve(str(service_bundle), "--engine", "torch", "--int8")
     assert r.returncode == 2 and "--int8 applies to the onnx and openvino engines" in r.stderr
     assert "Traceback" not in r.stderr
+    # The default engine is auto, which picks the precision itself: forcing one needs a name.
+    r = _serve(str(service_bundle), "--int8")
+    assert r.returncode == 2 and "--engine auto picks the precision itself" in r.stderr
+    r = _serve(str(service_bundle), "--engine", "tensorrt")
+    assert r.returncode == 2 and "unknown engine 'tensorrt'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_serve_auto_picks_the_onnx_export_and_says_why(tmp_path, service_bundle, service_images):
+    """`steelscan serve` with no --engine on an exported bundle: auto chooses the export (no
+    engine records yet: OpenVINO float32), prints the choice and its reason, and /v1/model says
+    the same."""
+    pytest.importorskip("openvino")
+    from serving import serve_process
+
+    from steelscan.inference.export import export_bundle
+
+    exported = export_bundle(service_bundle, tmp_path / "onnx")
+    log = tmp_path / "log"
+    with serve_process([str(exported)], log) as url:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            m = c.get("/v1/model").json()
+            assert (m["engine"], m["precision"]) == ("openvino", "fp32")
+            r = _post_file(c, service_images[0])
+            assert r.status_code == 200 and r.json()["model"]["engine"] == "openvino"
+    assert "engine: openvino fp32 (no engine records; the ONNX export on OpenVINO)" in (
+        log.read_text()
+    )
+
+
+# -- the app in-process: a server fault is JSON too, and the next request is served -----------
+@pytest.fixture(scope="module")
+def local(service_bundle):
+    from fastapi.testclient import TestClient
+
+    from steelscan.service.app import ServiceConfig, create_app, load_service
+
+    service = load_service(service_bundle, engine="torch", device="cpu")
+    app = create_app(service, ServiceConfig(max_queue=1))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c, service
+
+
+def test_a_model_failure_is_a_json_500_naming_the_image(local, service_images, monkeypatch):
+    client, service = local
+    path = service_images[0]
+
+    def broken(batch):
+        raise RuntimeError("out of device memory")
+
+    monkeypatch.setattr(service.predictor.engine, "segment", broken)
+    r = _post_file(client, path)
+    assert r.status_code == 500, r.text
+    body = r.json()
+    assert body["error"] == "inference_failed" and body["status"] == 500
+    assert path.name in body["message"] and "out of device memory" in body["message"]
+    monkeypatch.undo()
+    assert _post_file(client, path).status_code == 200
+
+
+def test_an_unexpected_error_is_a_json_500(local, service_images, monkeypatch):
+    client, service = local
+
+    def bug(*args, **kwargs):
+        raise KeyError("classes")
+
+    monkeypatch.setattr(service, "inspect", bug)
+    r = _post_file(client, service_images[0])
+    assert r.status_code == 500
+    assert r.json() == {
+        "error": "internal_error",
+        "message": "internal server error (KeyError)",
+        "status": 500,
+    }
+    monkeypatch.undo()
+    r = _post_file(client, service_images[0])
+    assert r.status_code == 200 and r.json()["model"]["engine"] == "torch"
+
+
+def test_no_long_functions_in_the_service():
+    """The service stays in small pieces: no function (routes and app factory included) over
+    60 lines, so no single place owns the whole request again."""
+    import ast
+
+    import steelscan.service
+
+    root = Path(steelscan.service.__file__).parent
+    long = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > 60:
+                    long.append(f"{path.relative_to(root)}:{node.name} ({n} lines)")
+    assert not long, long

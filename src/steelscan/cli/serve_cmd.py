@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -18,7 +19,9 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
         engine: str = typer.Option(
-            "torch", help="Inference engine: torch, or onnx / openvino after `steelscan export`."
+            "auto",
+            help="Runtime: auto (the fastest engine recorded as keeping the score), torch, or "
+            "onnx / openvino after `steelscan export`.",
         ),
         max_upload_mb: float = typer.Option(
             20.0, min=0.001, help="Largest accepted request body, in MB (larger: 413)."
@@ -50,7 +53,7 @@ def register(app: typer.Typer) -> None:
         )
         try:
             service = load_service(model_dir, engine=engine, **opts)
-        except (ValueError, OSError, RuntimeError, KeyError) as exc:
+        except (ValueError, TypeError, OSError, ImportError, RuntimeError, KeyError) as exc:
             fail(f"cannot load the model bundle {model_dir}: {exc}")
         config = ServiceConfig(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
@@ -59,10 +62,18 @@ def register(app: typer.Typer) -> None:
             max_queue=max_queue,
         )
         app_ = create_app(service, config)
+        typer.echo(_engine_line(service.predictor), err=True)
         shown = f"[{host}]" if ":" in host else host
         typer.echo(
-            f"steelscan: model {service.manifest.name} ({service.version}, {engine}) loaded; "
+            f"steelscan: model {service.manifest.name} ({service.version}) loaded; "
             f"serving http://{shown}:{port}/ (API docs at /docs)",
             err=True,
         )
         uvicorn.run(app_, host=host, port=port, log_level=log_level)
+
+
+def _engine_line(predictor: Any) -> str:
+    """Which engine and precision serve, and why that one (``auto`` says what it weighed)."""
+    choice = predictor.engine_choice
+    why = f" ({choice.reason})" if choice is not None else ""
+    return f"engine: {predictor.engine_label}{why}"
