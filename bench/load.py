@@ -133,11 +133,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, port: int, max_queue: int, workers: int) -> subprocess.Popen:
+def start_server(
+    model: Path, port: int, max_queue: int, workers: int, engine: str = "auto"
+) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "steelscan", "serve", str(model), "--host", "127.0.0.1",
         "--port", str(port), "--max-queue", str(max_queue), "--workers", str(workers),
-        "--log-level", "warning",
+        "--log-level", "warning", "--engine", engine,
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO)
     deadline = time.monotonic() + 180
@@ -259,6 +261,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--max-queue", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--engine", default="auto", help="serve --engine (auto: what serve picks)")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = ap.parse_args()
 
@@ -266,7 +269,7 @@ def main() -> int:
     images, origin = load_images(model)
     load = f"{os.getloadavg()[0]:.1f}"
     port = free_port()
-    proc = start_server(model, port, args.max_queue, args.workers)
+    proc = start_server(model, port, args.max_queue, args.workers, args.engine)
     url = f"http://127.0.0.1:{port}"
     results: dict[int, list[Scenario]] = {}
     try:
