@@ -43,8 +43,14 @@ def evaluate(
     typer.echo(f"{m['n_images']} images scored ({which}) with {m['engine']}")
     typer.echo(f"mean Dice on non-empty pairs {seg['dice_nonempty']:.4f}")
     typer.echo(f"Kaggle score {seg['score']:.4f}  (all-empty baseline {seg['empty_baseline']:.4f})")
+    if seg.get("overlap"):
+        ov = seg["overlap"]
+        ious = "  ".join(f"{c['name']} {c['iou_pooled'] or 0:.4f}" for c in ov["classes"])
+        typer.echo(f"mean IoU {ov['mean_iou'] or 0:.4f}  (per class, pixels pooled: {ious})")
     if m["gate"] is not None:
-        typer.echo(f"gate accuracy {m['gate']['defect']['accuracy']:.4f}")
+        d = m["gate"]["defect"]
+        auc = "n/a" if d.get("roc_auc") is None else f"{d['roc_auc']:.4f}"
+        typer.echo(f"gate accuracy {d['accuracy']:.4f}  ROC-AUC {auc}")
     if m["gate"] is not None and "top1_accuracy" in m["gate"]:
         typer.echo(f"top-1 class accuracy {m['gate']['top1_accuracy']:.4f}")
     if m["boxes"] is not None:

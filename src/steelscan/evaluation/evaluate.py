@@ -180,9 +180,11 @@ class _Tally:
 
     def __init__(self, manifest: ModelManifest, records: list[AnnotatedImage], boxes: bool):
         from steelscan.evaluation.metrics import DiceAccumulator
+        from steelscan.evaluation.overlap import OverlapAccumulator
 
         self.k = manifest.num_classes
         self.dice = DiceAccumulator(manifest.class_ids, manifest.classes)
+        self.overlap = OverlapAccumulator(manifest.classes)
         self.one_label = single_label(records)
         self.boxes = boxes
         self.y_any: list[int] = []
@@ -195,10 +197,15 @@ class _Tally:
         self.per_image: list[dict[str, Any]] = []
 
     def add(self, s: Sample) -> None:
+        from steelscan.evaluation.overlap import mask_areas
         from steelscan.inference.postprocess import component_boxes
 
         pred = np.stack([c.mask for c in s.result.classes])
-        dices = self.dice.add_masks(pred, s.record.masks())
+        pa, ta, inter = mask_areas(pred, s.record.masks())
+        dices = [
+            self.dice.add_areas(i, int(pa[i]), int(ta[i]), int(inter[i])) for i in range(self.k)
+        ]
+        self.overlap.add_areas(pa, ta, inter)
         self.per_image.append(
             {
                 "image_id": s.record.image_id,
@@ -266,6 +273,8 @@ def evaluate(
     for s in iter_samples(predictor, records, progress=progress):
         tally.add(s)
     seg = tally.dice.report().to_dict()
+    if ds.has_masks:
+        seg["overlap"] = tally.overlap.report()
     gate = tally.gate(manifest, predictor.postprocess)
     boxes = box_map50(tally.pred_boxes, tally.gt_boxes, tally.k) if tally.boxes else None
     report = write_evaluation_report(

@@ -209,6 +209,55 @@ def _plot_seg(seg: dict[str, Any], out: Path) -> str:
     return _save_fig(fig, out / "seg_dice.png").name
 
 
+def _plot_overlap(overlap: dict[str, Any], out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    names = [c["name"] for c in overlap["classes"]]
+    x = np.arange(len(names))
+
+    def vals(key: str) -> list[float]:
+        return [c[key] if c[key] is not None else np.nan for c in overlap["classes"]]
+
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 3, 3.8))
+    ax.bar(x - 0.2, vals("iou_pooled"), 0.4, label="IoU, pixels pooled")
+    ax.bar(x + 0.2, vals("iou_per_image"), 0.4, label="IoU, mean per image")
+    if overlap.get("mean_iou") is not None:
+        ax.axhline(overlap["mean_iou"], c="green", ls=":", lw=1, label="mean IoU (pooled)")
+    ax.set_xticks(x, names)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("IoU")
+    ax.set_title("Segmentation IoU per class")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save_fig(fig, out / "seg_iou.png").name
+
+
+def _md_overlap(overlap: dict[str, Any], plot: str) -> list[str]:
+    lines = [
+        "### IoU and Dice per class",
+        "",
+        f"Mean IoU over the defect classes (pixels pooled): **{_fmt(overlap['mean_iou'])}**; "
+        f"mean of per-image IoU: {_fmt(overlap['mean_iou_per_image'])}.",
+        "",
+        "| class | IoU pooled | Dice pooled | IoU per image | Dice per image | images |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in overlap["classes"]:
+        lines.append(
+            f"| {c['name']} | {_fmt(c['iou_pooled'])} | {_fmt(c['dice_pooled'])} | "
+            f"{_fmt(c['iou_per_image'])} | {_fmt(c['dice_per_image'])} | "
+            f"{c['images_with_class']} |"
+        )
+    lines += [
+        "",
+        "Pooled: every pixel of the split counts once. Per image: the mean over the images where "
+        "the class is in the truth or the prediction.",
+        "",
+        f"![{plot}]({plot})",
+        "",
+    ]
+    return lines
+
+
 def _plot_boxes(boxes: dict[str, Any], class_names: Sequence[str], out: Path) -> str:
     import matplotlib.pyplot as plt
 
@@ -349,6 +398,8 @@ def write_evaluation_report(
     lines = [f"# {title}", ""]
     if seg is not None:
         lines += _md_seg(seg, _plot_seg(seg, out))
+        if seg.get("overlap"):
+            lines += _md_overlap(seg["overlap"], _plot_overlap(seg["overlap"], out))
     if gate is not None:
         lines += _md_gate(gate, _plot_gate(gate, out))
     if boxes is not None:
