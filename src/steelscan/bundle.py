@@ -304,14 +304,54 @@ def read_manifest(path: str | os.PathLike) -> ModelManifest:
             f"{mpath}: format_version {manifest.format_version} was written by a newer steelscan "
             f"(this one reads up to {FORMAT_VERSION}); upgrade steelscan"
         )
+    problems = manifest_problems(manifest)
+    if problems:
+        raise BundleError(f"{mpath} is inconsistent: {'; '.join(problems)}")
     return manifest
+
+
+def manifest_problems(manifest: ModelManifest) -> list[str]:
+    """What makes a well-typed manifest unusable (lists that disagree with the classes, sizes
+    below 1): caught at load, not as a failure of every image or an IndexError mid-run."""
+    from steelscan.imaging import channel_stats
+
+    k = len(manifest.classes)
+    out: list[str] = []
+    if k == 0:
+        out.append("field 'classes' is empty")
+    if len(manifest.class_ids) != k:
+        out.append(f"field 'class_ids' has {len(manifest.class_ids)} entries for {k} classes")
+    elif len(set(manifest.class_ids)) != k:
+        out.append(f"field 'class_ids' repeats an id: {manifest.class_ids}")
+    pp = manifest.postprocess
+    for name in ("class_thresholds", "pixel_thresholds", "min_areas", "min_component_areas"):
+        n = len(getattr(pp, name))
+        if n != k:
+            out.append(f"field 'postprocess.{name}' has {n} entries for {k} classes")
+    for name in ("image_height", "image_width", "pad_multiple"):
+        if getattr(manifest, name) < 1:
+            out.append(f"field '{name}' is {getattr(manifest, name)}; it must be at least 1")
+    if manifest.in_channels not in (1, 3):
+        out.append(f"field 'in_channels' is {manifest.in_channels}; it must be 1 or 3")
+    else:
+        norm = manifest.normalization
+        try:
+            channel_stats(norm.mean, norm.std, manifest.in_channels)
+        except ValueError as exc:
+            out.append(f"field 'normalization': {exc}")
+        if any(not v > 0 for v in norm.std):
+            out.append(f"field 'normalization.std' must be positive, got {norm.std}")
+    seg = manifest.segmenter
+    if seg is not None and seg.num_outputs != k:
+        out.append(f"field 'segmenter.num_outputs' is {seg.num_outputs} for {k} classes")
+    return out
 
 
 def _load_stage(bundle: Path, manifest: ModelManifest, stage: str, device: str) -> Any:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from steelscan.models.factory import build_from_spec
+    from steelscan.models.factory import SEGMENTER_ARCHS, build_from_spec, is_segmenter_arch
 
     spec: StageSpec | None = getattr(manifest, stage)
     if spec is None:
@@ -319,6 +359,12 @@ def _load_stage(bundle: Path, manifest: ModelManifest, stage: str, device: str) 
     wpath = _weights_path(bundle, spec, stage)
     if not wpath.is_file():
         raise BundleError(f"{wpath} is missing (named by manifest.{stage}.weights_file)")
+    if is_segmenter_arch(spec.arch) != (stage == "segmenter"):
+        kind = "a segmenter" if stage == "classifier" else "not a segmenter"
+        raise BundleError(
+            f"{bundle / MANIFEST_NAME}: manifest.{stage}.arch {spec.arch!r} is {kind} "
+            f"architecture (segmenters: {', '.join(SEGMENTER_ARCHS)})"
+        )
     try:
         state = load_file(str(wpath), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

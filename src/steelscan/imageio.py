@@ -7,13 +7,16 @@ Every decode first reads the header and refuses an image of more than :func:`max
 before a single pixel is decoded: a decompression bomb (a 389 KB PNG that decodes to 20000x20000)
 becomes an :class:`ImageTooLarge` error for that image, never an exhausted machine. The limit is
 ``STEELSCAN_MAX_PIXELS`` in the environment (default 40 megapixels: almost 100 Severstal strips'
-worth, and about 0.5 GB once decoded and normalised) or :func:`set_max_pixels`.
+worth, and about 0.5 GB once decoded and normalised) or :func:`set_max_pixels`. A PNG whose chunk
+CRCs do not match its bytes (damaged on disk or in transit) is refused before decoding too.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,36 @@ def check_pixels(height: int, width: int, name: str) -> None:
         )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png_chunks(data: bytes, name: str) -> None:
+    """Raise :class:`ImageReadError` when a PNG chunk's CRC does not match its bytes.
+
+    Pillow checks the CRC of the header chunks but not of the image data (IDAT), so a bit flipped
+    in transit or on disk could decode into wrong pixels without a word; like libpng, steelscan
+    refuses the file. A file that ends early is left to the decoder (it says "truncated")."""
+    view = memoryview(data)
+    pos = len(PNG_SIGNATURE)
+    end = len(data)
+    while pos + 12 <= end:
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4 : pos + 8]
+        stop = pos + 8 + length
+        if stop + 4 > end:
+            return  # truncated: the decoder reports it
+        (crc,) = struct.unpack_from(">I", data, stop)
+        if zlib.crc32(view[pos + 4 : stop]) != crc:
+            label = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+            raise ImageReadError(
+                f"{name}: corrupt PNG: the CRC of chunk {label} at byte {pos} does not match its "
+                "data (the file was damaged)"
+            )
+        if kind == b"IEND":
+            return
+        pos = stop + 4
+
+
 def _to_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -85,6 +118,8 @@ def decode_image(data: bytes, *, name: str = "<bytes>", channels: int = 3) -> np
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if not data:
         raise ImageReadError(f"{name}: the file is empty")
+    if data.startswith(PNG_SIGNATURE):
+        check_png_chunks(data, name)  # CRCs only: nothing is decoded
     try:
         with Image.open(io.BytesIO(data)) as img:
             check_pixels(img.height, img.width, name)  # header only: nothing decoded yet

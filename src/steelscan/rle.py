@@ -34,12 +34,17 @@ def parse(rle: str | float | None, shape: tuple[int, int] = (256, 1600)) -> np.n
             f"RLE has an odd number of values ({len(tokens)}); expected start/length pairs"
         )
     try:  # NumPy's own conversion is ~10x faster than checking each token in Python
-        if "-" in rle or "+" in rle:  # signs are not digits; NumPy would accept them
+        # Signs and non-ASCII digits ('\u0661' is int 1 to Python) are not Kaggle digits, but
+        # NumPy would accept them.
+        if "-" in rle or "+" in rle or not rle.isascii():
             raise ValueError
         runs = np.asarray(tokens, dtype=np.int64).reshape(-1, 2)
     except (ValueError, OverflowError):
-        bad = next((t for t in tokens if not _INT.match(t)), tokens[0])
-        raise ValueError(f"RLE holds a non-integer value {bad!r}") from None
+        bad = next((t for t in tokens if not _INT.match(t)), None)
+        if bad is not None:
+            raise ValueError(f"RLE holds a non-integer value {bad!r}") from None
+        big = next(t for t in tokens if int(t) >= 2**63)  # all digits: one overflows int64
+        raise ValueError(f"RLE holds a value too large for a pixel number: {big[:30]!r}") from None
     starts, lengths = runs[:, 0], runs[:, 1]
     if (starts < 1).any():
         i = int(np.argmax(starts < 1))
@@ -47,6 +52,15 @@ def parse(rle: str | float | None, shape: tuple[int, int] = (256, 1600)) -> np.n
     if (lengths < 1).any():
         i = int(np.argmax(lengths < 1))
         raise ValueError(f"RLE run {i + 1} has length {lengths[i]}; lengths must be at least 1")
+    h, w = shape
+    total = h * w
+    # Checked before adding starts to lengths, so huge values cannot overflow int64 and wrap.
+    if (starts > total).any() or (lengths > total).any():
+        i = int(np.argmax((starts > total) | (lengths > total)))
+        what = f"starts at pixel {starts[i]}" if starts[i] > total else f"has length {lengths[i]}"
+        raise ValueError(
+            f"RLE run {i + 1} {what}, past the {h}x{w} image (height x width, {total} pixels)"
+        )
     ends = starts + lengths  # one past the last pixel of each run
     if len(starts) > 1:
         back = starts[1:] < ends[:-1]
@@ -56,8 +70,6 @@ def parse(rle: str | float | None, shape: tuple[int, int] = (256, 1600)) -> np.n
                 f"RLE run {i + 1} (start {starts[i]}) overlaps or goes back before the end of "
                 f"run {i} (pixel {ends[i - 1] - 1})"
             )
-    h, w = shape
-    total = h * w
     if ends[-1] - 1 > total:
         raise ValueError(
             f"RLE run {len(starts)} ends at pixel {ends[-1] - 1}, past the {h}x{w} image "

@@ -23,6 +23,25 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Filesystem errors a user causes by pointing a command at the wrong path (``--out`` naming a
+# file, a read-only folder): one line naming the path, exit 2, like any other user error.
+PATH_ERRORS: tuple[type[OSError], ...] = (
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+def path_error_message(exc: OSError) -> str:
+    """``PATH: what is wrong`` for one of :data:`PATH_ERRORS`."""
+    where = exc.filename if exc.filename is not None else "a path"
+    what = (exc.strerror or type(exc).__name__).lower()
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        what += " (a file stands where a folder is needed)"
+    return f"{where}: {what}"
+
+
 def fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -81,6 +100,9 @@ def run_guarded(app: typer.Typer, argv: list[str]) -> None:
         hint = missing_extra(exc)
         if hint is not None:
             typer.secho(f"error: {hint}", fg=typer.colors.RED, err=True)
+            sys.exit(2)
+        if isinstance(exc, PATH_ERRORS):
+            typer.secho(f"error: {path_error_message(exc)}", fg=typer.colors.RED, err=True)
             sys.exit(2)
         if not isinstance(exc, _user_error_types()):
             raise

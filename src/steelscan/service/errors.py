@@ -22,7 +22,8 @@ log = logging.getLogger("steelscan.service")
 
 # What each documented error status means, for the OpenAPI page.
 ERROR_DESCRIPTIONS = {
-    413: "Upload larger than the configured limit",
+    413: "Upload larger than the configured limit, or an image of more pixels than the "
+    "decoded-pixel limit (STEELSCAN_MAX_PIXELS)",
     415: "Not a JPEG or PNG image",
     422: "Undecodable image, wrong image size, or no image in the request",
     500: "The model failed on a valid image (a server fault, never a bad request)",

@@ -113,7 +113,9 @@ class ModelOut(BaseModel):
     classifier: dict[str, Any] | None
     segmenter: dict[str, Any] | None
     metrics: dict[str, Any] = Field(description="validation metrics the thresholds were tuned at")
-    limits: dict[str, Any] = Field(description="upload limit, batch size, queue bound")
+    limits: dict[str, Any] = Field(
+        description="upload limit, decoded-pixel limit, batch size, queue bound"
+    )
 
 
 class ErrorOut(BaseModel):

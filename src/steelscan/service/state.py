@@ -31,9 +31,12 @@ class ServiceConfig:
     max_queue: int = DEFAULT_MAX_QUEUE
 
     def limits(self) -> dict[str, int]:
-        """The limits as /v1/model reports them."""
+        """The limits as /v1/model reports them (``max_pixels``: the decoded-pixel limit, 413)."""
+        from steelscan.imageio import max_pixels
+
         return {
             "max_upload_bytes": self.max_upload_bytes,
+            "max_pixels": max_pixels(),
             "max_batch": self.max_batch,
             "workers": self.workers,
             "max_queue": self.max_queue,

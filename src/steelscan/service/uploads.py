@@ -4,7 +4,8 @@
   counting, so a chunked upload cannot slip past and is never held in memory whole;
 * :func:`read_uploads` takes every file part of a multipart form, or the raw body;
 * :func:`decode_upload` trusts the magic bytes, not the declared type: 415 for anything but JPEG
-  or PNG, 422 for an empty or undecodable one.
+  or PNG, 422 for an empty or undecodable one, 413 for one whose header declares more pixels than
+  the decoded-pixel limit (a decompression bomb; refused before a pixel is decoded).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from steelscan.imageio import ImageReadError, decode_image
+from steelscan.imageio import ImageReadError, ImageTooLarge, decode_image
 from steelscan.service.errors import ApiError, error_response
 
 MB = 1024 * 1024
@@ -137,7 +138,8 @@ def _refuse_unsniffable(upload: Upload) -> ApiError:
 
 
 def decode_upload(upload: Upload, channels: int) -> np.ndarray:
-    """Bytes -> image array, or an :class:`ApiError` (415 not an image, 422 undecodable)."""
+    """Bytes -> image array, or an :class:`ApiError` (415 not an image, 422 undecodable, 413 more
+    pixels than the limit)."""
     if not upload.data:
         raise ApiError(422, "empty_image", f"{upload.name}: the upload is empty")
     kind = sniff_image_type(upload.data)
@@ -151,6 +153,8 @@ def decode_upload(upload: Upload, channels: int) -> np.ndarray:
         )
     try:
         return decode_image(upload.data, name=upload.name, channels=channels)
+    except ImageTooLarge as exc:
+        raise ApiError(413, "image_too_large", str(exc)) from exc
     except ImageReadError as exc:
         raise ApiError(422, "undecodable_image", str(exc)) from exc
 
