@@ -70,6 +70,17 @@ class CsvTable:
         return DataProblem(self.file, message, row=self.header_line)
 
 
+# A valid RLE of a fragmented 256x1600 mask can have ~200,000 runs; csv's default field limit
+# (131,072 characters) would refuse what `steelscan predict` itself writes.
+FIELD_LIMIT = 16 * 1024 * 1024
+
+
+def _looks_binary(path: Path) -> bool:
+    """NUL bytes in the first 8 KiB: a zeroed file, UTF-16 without BOM, an image, a gzip..."""
+    with open(path, "rb") as f:
+        return b"\x00" in f.read(8192)
+
+
 def read_table(path: str | Path) -> tuple[CsvTable | None, list[DataProblem]]:
     """Read any CSV (``utf-8``, BOM allowed); blank and all-empty rows are skipped."""
     path = Path(path)
@@ -77,7 +88,13 @@ def read_table(path: str | Path) -> tuple[CsvTable | None, list[DataProblem]]:
         return None, [DataProblem(str(path), "file not found")]
     if path.is_dir():
         return None, [DataProblem(str(path), "is a folder; expected a CSV file")]
+    if csv.field_size_limit() < FIELD_LIMIT:
+        csv.field_size_limit(FIELD_LIMIT)
     try:
+        if _looks_binary(path):
+            return None, [
+                DataProblem(str(path), "not a text CSV file: it holds NUL bytes (binary data)")
+            ]
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next((r for r in reader if any(cell.strip() for cell in r)), None)
