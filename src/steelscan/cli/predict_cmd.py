@@ -3,7 +3,13 @@
 Exit status: 0 when every image was inspected; 1 when some image could not be read or inspected
 (everything else is still written, and the failures are listed in ``errors.csv`` and
 ``predictions.jsonl``); 2 for a user error that stops the run before it starts (missing or broken
-model directory, an input path that does not exist, an unknown engine).
+model directory, an input path that does not exist, an unknown engine, a journal of a different
+run in ``--out``).
+
+Resumable and exactly-once: every finished image goes to a journal in ``--out``
+(:mod:`steelscan.inference.journal`) and the final files are assembled from it at the end, so a
+run killed at any moment and started again with the same arguments continues where it stopped
+and ends with the files an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -47,13 +53,21 @@ def predict(
     fp16: bool = typer.Option(False, "--fp16", help="torch engine on CUDA: float16 autocast."),
     int8: bool = typer.Option(False, "--int8", help="onnx engine: run the int8 model."),
     device: str = typer.Option("auto", "--device", help="Device: auto, cpu, cuda, cuda:1."),
+    restart: bool = typer.Option(
+        False,
+        "--restart",
+        help="Discard the journal in --out (a killed or finished run, perhaps with other "
+        "arguments) and start over.",
+    ),
 ) -> None:
     """Inspect images with a trained model; writes one result per image, each image once.
 
     Writes submission.csv (Kaggle ImageId,EncodedPixels,ClassId), predictions.jsonl, errors.csv
-    and, with --overlays, overlays/<id>.png. Exit status 0: every image inspected; 1: some
-    images failed (the rest are written; failures are in errors.csv); 2: nothing ran (missing or
-    broken model, input path not found, bad option).
+    and, with --overlays, overlays/<id>.png. Resumable: a journal in --out records every finished
+    image; a killed run, started again with the same arguments, continues where it stopped
+    (--restart starts over). Exit status 0: every image inspected; 1: some images failed (the
+    rest are written; failures are in errors.csv); 2: nothing ran (missing or broken model, input
+    path not found, bad option, a journal of a different run in --out).
     """
     from steelscan.cli.common import engine_options, fail
     from steelscan.inference.inputs import resolve_inputs
@@ -68,11 +82,14 @@ def predict(
     resolved = resolve_inputs(inputs)
     for note in resolved.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-    summary = _run(predictor, resolved, out, overlays)
+    args = {"--engine": engine, "--gate": gate, "--tta": tta, "--batch-size": batch_size}
+    args.update({"--overlays": overlays, "--channels-last": channels_last, "--bf16": bf16})
+    args.update({"--fp16": fp16, "--int8": int8, "--device": device})
+    summary = _journaled_run(predictor, resolved, out, args, restart)
     summary.print(predictor.classes, out)
-    if summary.failed:
+    if summary.n_failed:
         typer.secho(
-            f"{len(summary.failed)} image(s) failed; see {out / ERRORS}",
+            f"{summary.n_failed} image(s) failed; see {out / ERRORS}",
             fg=typer.colors.RED,
             err=True,
         )
@@ -110,75 +127,220 @@ def _build_predictor(
     return predictor
 
 
+def _journaled_run(
+    predictor: Any, resolved: Any, out: Path, args: dict[str, Any], restart: bool
+) -> _Summary:
+    """Open (or check) the journal in ``out``, run, assemble; a journal of another run is exit 2
+    and Ctrl-C leaves a journal the same command continues."""
+    from steelscan.cli.common import fail
+    from steelscan.inference.journal import JournalError
+
+    try:
+        journal = _open_journal(out, predictor, resolved, args, restart)
+    except JournalError as exc:
+        fail(str(exc))
+    try:
+        with journal:
+            return _run(predictor, resolved, journal, out, bool(args["--overlays"]))
+    except KeyboardInterrupt:
+        typer.secho(
+            f"interrupted: {journal.done} of {len(resolved.images)} images are in the journal; "
+            "run the same command again to continue",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    except JournalError as exc:
+        fail(str(exc))
+    raise AssertionError("unreachable")  # fail() raises
+
+
+def _open_journal(
+    out: Path, predictor: Any, resolved: Any, args: dict[str, Any], restart: bool
+) -> Any:
+    """The journal of this run in ``out``: its identity is the model, every option that can
+    change an output (as given, and the engine and batch size they resolved to) and the ordered
+    inputs; :class:`JournalError` when ``out`` holds another run's journal."""
+    import steelscan
+    from steelscan.inference.journal import (
+        Journal,
+        RunIdentity,
+        inputs_identity,
+        model_identity,
+    )
+    from steelscan.inference.writers import OVERLAY_DIR, remove_stale_temps
+
+    options = dict(args)
+    options["engine (resolved)"] = predictor.engine_label
+    options["batch size (resolved)"] = predictor.batch_size
+    options["steelscan version"] = steelscan.__version__
+    images = ((it.image_id, str(it.path), it.truth is not None) for it in resolved.images)
+    identity = RunIdentity(
+        model=model_identity(predictor.bundle.path, predictor.manifest),
+        options=options,
+        inputs=inputs_identity(images, resolved.missing),
+    )
+    journal = Journal.open(out, identity, restart=restart)
+    remove_stale_temps(out)  # under the journal's lock: no other writer is alive
+    if args["--overlays"]:
+        (out / OVERLAY_DIR).mkdir(exist_ok=True)
+    return journal
+
+
 @dataclass
 class _Summary:
-    """What a run did, for the lines printed at its end."""
+    """What a run did, for the lines printed at its end: the counts are over every image of the
+    run (resumed ones included, recounted from the journal), the speed over this process's."""
 
     per_class: Counter[str] = field(default_factory=Counter)
     stage_ms: Counter[str] = field(default_factory=Counter)
-    failed: list[str] = field(default_factory=list)
+    n_failed: int = 0
     n_ok: int = 0
     n_defective: int = 0
+    n_here: int = 0  # inspected by this process (the rest came from the journal)
     seconds: float = 0.0
 
-    def add(self, res: Any) -> None:
+    def count(self, record: dict[str, Any]) -> None:
+        """One image's record (from the journal) into the totals."""
+        if record.get("error") is not None:
+            self.n_failed += 1
+            return
         self.n_ok += 1
-        self.n_defective += res.has_defect
-        self.per_class.update(c.name for c in res.classes if c.present)
+        self.n_defective += bool(record["has_defect"])
+        self.per_class.update(c["name"] for c in record["classes"] if c["present"])
+
+    def timed(self, res: Any) -> None:
+        """One result inspected by this process into the speed figures."""
+        self.n_here += 1
         self.stage_ms.update(res.timings_ms)
 
     def print(self, classes: list[str], out: Path) -> None:
-        n = self.n_ok
         typer.echo(
-            f"images inspected: {n}   defective: {self.n_defective}   errors: {len(self.failed)}"
+            f"images inspected: {self.n_ok}   defective: {self.n_defective}   "
+            f"errors: {self.n_failed}"
         )
         for name in classes:
             typer.echo(f"  {name}: {self.per_class[name]}")
-        if n:
+        n = self.n_here
+        if n and self.seconds > 0:
             stages = ", ".join(f"{k} {v / n:.1f}" for k, v in self.stage_ms.items())
             typer.echo(f"speed: {n / self.seconds:.2f} img/s   mean ms per image: {stages}")
         typer.echo(f"outputs in {out}")
 
 
-def _run(predictor: Any, resolved: Any, out: Path, overlays: bool) -> _Summary:
-    """Stream every input through the predictor into the writer: one result per input."""
+def _run(predictor: Any, resolved: Any, journal: Any, out: Path, overlays: bool) -> _Summary:
+    """Inspect what the journal does not hold yet, then assemble the outputs from it."""
+    from steelscan.inference.writers import ERRORS, PREDICTIONS, SUBMISSION
+
+    n = len(resolved.images)
+    summary = _Summary()
+    if journal.finished:
+        typer.echo(
+            f"nothing to do: all {n} images were inspected by an earlier run of this command "
+            f"(journal in {journal.dir}; --restart starts over)",
+            err=True,
+        )
+    elif journal.done:
+        typer.echo(
+            f"resuming: {journal.done} of {n} images already inspected, {n - journal.done} to go "
+            f"(journal in {journal.dir})",
+            err=True,
+        )
+    if not journal.finished:
+        for image_id, why in resolved.missing:
+            typer.secho(f"error: {image_id}: {why}", fg=typer.colors.RED, err=True)
+    if journal.done < n:
+        start = time.perf_counter()
+        _inspect(predictor, resolved, journal, out, overlays, summary)
+        summary.seconds = time.perf_counter() - start
+    journal.sync()
+    complete = all((out / name).is_file() for name in (SUBMISSION, PREDICTIONS, ERRORS))
+    _assemble(out, resolved, journal, summary, write=not (journal.finished and complete))
+    if not journal.finished:
+        journal.mark_finished()
+    return summary
+
+
+def _inspect(
+    predictor: Any, resolved: Any, journal: Any, out: Path, overlays: bool, summary: _Summary
+) -> None:
+    """Stream the inputs the journal lacks through the predictor, journaling each result.
+
+    The stream restarts at a multiple of the batch size, so every image shares its forward pass
+    with the same images as in an uninterrupted run (padding and batched kernels make results
+    depend on the batch); the few results already journaled are not journaled again."""
     from tqdm import tqdm
 
-    from steelscan.inference.writers import PredictionWriter
+    from steelscan.inference.writers import error_record, result_record, write_overlay
 
-    summary = _Summary()
-    start = time.perf_counter()
-    with PredictionWriter(out, overlays=overlays) as writer:
+    done = journal.done
+    first = done - done % predictor.batch_size
+    todo = resolved.images[first:]
+    # Decoding and post-processing run in worker threads around the model (pipelined,
+    # bounded queues: memory stays flat however many images there are).
+    items = ((it.image_id, it.path) for it in todo)
+    bar = tqdm(
+        total=len(resolved.images),
+        initial=first,
+        unit="img",
+        desc="predict",
+        dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 10.0,
+    )
+    stream = predictor.stream(items, keep_images=overlays)
+    for index, (item, pred) in enumerate(zip(todo, stream, strict=True), start=first):
+        bar.update(1)
+        if index < done:  # journaled before the kill; recomputed only to keep the batches
+            continue
+        files = []
+        if pred.error is not None:
+            record = error_record(item.image_id, item.path, pred.error)
+            tqdm.write(typer.style(f"error: {pred.error}", fg=typer.colors.RED), file=sys.stderr)
+        else:
+            record = result_record(pred.result, item.path)
+            if overlays and pred.image is not None:
+                files.append(write_overlay(out, pred.result, pred.image, item.truth))
+            summary.timed(pred.result)
+        journal.append(index, record, files)
+    bar.close()
+
+
+def _assemble(out: Path, resolved: Any, journal: Any, summary: _Summary, write: bool) -> None:
+    """Write the final files from the journal, in input order, each renamed into place at the
+    end (with ``write`` False only recount them: a finished run rerun writes nothing)."""
+    from steelscan.inference.journal import JournalError
+    from steelscan.inference.writers import TableWriter, error_record
+
+    tables = TableWriter(out) if write else None
+    try:
         for image_id, why in resolved.missing:
-            writer.write_error(image_id, None, f"image not found: {why}")
-            summary.failed.append(image_id)
-            typer.secho(f"error: {image_id}: {why}", fg=typer.colors.RED, err=True)
-        # Decoding and post-processing run in worker threads around the model (pipelined,
-        # bounded queues: memory stays flat however many images there are).
-        items = [(it.image_id, it.path) for it in resolved.images]
-        bar = tqdm(
-            total=len(items),
-            unit="img",
-            desc="predict",
-            dynamic_ncols=True,
-            mininterval=0.5 if sys.stderr.isatty() else 10.0,
-        )
-        for item, pred in zip(
-            resolved.images, predictor.stream(items, keep_images=overlays), strict=True
-        ):
-            bar.update(1)
-            if pred.error is not None:
-                writer.write_error(item.image_id, item.path, pred.error)
-                summary.failed.append(item.image_id)
-                tqdm.write(
-                    typer.style(f"error: {pred.error}", fg=typer.colors.RED), file=sys.stderr
+            _add(tables, summary, error_record(image_id, None, f"image not found: {why}"))
+        n = 0
+        for item, record in zip(resolved.images, journal.records(), strict=False):
+            if record.get("image_id") != item.image_id:
+                raise JournalError(
+                    f"{journal.dir}: result #{n + 1} is for {record.get('image_id')!r} but input "
+                    f"#{n + 1} is {item.image_id!r}; the journal is damaged: pass --restart"
                 )
-                continue
-            writer.write(pred.result, path=item.path, image=pred.image, truth=item.truth)
-            summary.add(pred.result)
-        bar.close()
-    summary.seconds = time.perf_counter() - start
-    return summary
+            _add(tables, summary, record)
+            n += 1
+        if n != len(resolved.images):
+            raise JournalError(
+                f"{journal.dir} holds {n} results for {len(resolved.images)} images; the journal "
+                "is damaged: pass --restart"
+            )
+    except BaseException:
+        if tables is not None:
+            tables.discard()
+        raise
+    if tables is not None:
+        tables.commit()
+
+
+def _add(tables: Any, summary: _Summary, record: dict[str, Any]) -> None:
+    if tables is not None:
+        tables.add(record)
+    summary.count(record)
 
 
 def register(app: typer.Typer) -> None:

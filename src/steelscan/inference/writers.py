@@ -1,8 +1,10 @@
 """Streaming writers for ``steelscan predict``: submission CSV, JSON lines, errors and overlays.
 
-Each table is written to a hidden temporary name beside its destination and renamed into place
-only when the run completes, so an interrupted run never leaves a half-written file that looks
-finished. Overlays are one PNG per image, each renamed into place once fully written.
+Each table is written to a hidden temporary name beside its destination, fsynced, and renamed
+into place only when the run completes, so an interrupted run never leaves a half-written file
+that looks finished. Overlays are one PNG per image, each renamed into place once fully written.
+Every table row comes from one JSON record per image (:func:`result_record`,
+:func:`error_record`), which is also what the resumable ``predict`` journals.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from steelscan.data.records import AnnotatedImage
 from steelscan.imageio import encode_png, to_channels
+from steelscan.inference.journal import fsync_dir
 from steelscan.inference.result import InspectionResult
 from steelscan.reports.overlay import class_color, class_colors, overlay
 
@@ -29,7 +32,10 @@ OVERLAY_DIR = "overlays"
 
 
 class AtomicText:
-    """A text file written under a temporary name and renamed into place by :meth:`commit`."""
+    """A text file written under a temporary name and renamed into place by :meth:`commit`.
+
+    The data is fsynced before the rename, so after a crash the final name holds either the old
+    file or the whole new one, never a prefix."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -37,6 +43,8 @@ class AtomicText:
         self.fh: IO[str] = open(self.tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
 
     def commit(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
         self.fh.close()
         os.replace(self.tmp, self.path)
 
@@ -46,9 +54,27 @@ class AtomicText:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` under a temporary name and rename it: never visible half-written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Remove the temporary files a killed writer left in ``out`` and its overlays folder.
+
+    Only this module's names (``.<final name>.<pid>.tmp``) are touched, and only while the caller
+    holds the folder (the journal's lock), so no live writer's file goes."""
+    finals = (SUBMISSION, PREDICTIONS, ERRORS)
+    for p in Path(out).glob(".*.tmp"):
+        if p.name[1:].startswith(tuple(f"{name}." for name in finals)):
+            p.unlink(missing_ok=True)
+    overlays = Path(out) / OVERLAY_DIR
+    if overlays.is_dir():
+        with os.scandir(overlays) as entries:
+            for e in entries:
+                if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file():
+                    Path(e.path).unlink(missing_ok=True)
 
 
 # -- overlays ---------------------------------------------------------------------------------
@@ -96,23 +122,30 @@ def render_overlay(
     return np.concatenate(panels, axis=0)
 
 
-# -- the combined writer ----------------------------------------------------------------------
-class PredictionWriter:
-    """Writes every output of one predict run into ``out``; use as a context manager.
+# -- records and tables ------------------------------------------------------------------------
+def result_record(result: InspectionResult, path: str | Path | None = None) -> dict[str, Any]:
+    """The ``predictions.jsonl`` object of an inspected image (what the journal keeps, too)."""
+    if result.error is not None:  # a streaming producer reports failures as results
+        return error_record(result.image_id, path, result.error)
+    record: dict[str, Any] = result.to_dict()
+    record["path"] = str(path) if path is not None else None
+    record["error"] = None
+    return record
 
-    ``submission.csv``: Kaggle ``ImageId,EncodedPixels,ClassId``, one row per image and class
-    (empty EncodedPixels when absent). ``predictions.jsonl``: one object per image
-    (``InspectionResult.to_dict()`` plus ``path`` and ``error``, null unless it failed).
-    ``errors.csv``: ``ImageId,path,error`` for images that could not be inspected.
-    ``overlays/<stem>.png`` when ``overlays``. On an exception nothing is renamed into place.
-    """
 
-    def __init__(self, out: Path, *, overlays: bool = False) -> None:
+def error_record(image_id: str, path: str | Path | None, message: str) -> dict[str, Any]:
+    """The ``predictions.jsonl`` object of an image that could not be inspected."""
+    p = str(path) if path is not None else ""
+    return {"image_id": image_id, "path": p or None, "error": message}
+
+
+class TableWriter:
+    """submission.csv, predictions.jsonl and errors.csv from records, each renamed into place
+    (after an fsync) only by :meth:`commit`. Every table row is derived from the record alone, so
+    tables assembled from a journal are byte for byte those written while inspecting."""
+
+    def __init__(self, out: Path) -> None:
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.overlays = overlays
-        if overlays:
-            (self.out / OVERLAY_DIR).mkdir(exist_ok=True)
         self._files = [
             AtomicText(self.out / SUBMISSION),
             AtomicText(self.out / PREDICTIONS),
@@ -123,6 +156,58 @@ class PredictionWriter:
         self._jsonl = self._files[1].fh
         self._err = csv.writer(self._files[2].fh, lineterminator="\n")
         self._err.writerow(["ImageId", "path", "error"])
+
+    def add(self, record: dict[str, Any]) -> None:
+        """One image: its submission rows (or its errors.csv row) and its JSON line."""
+        if record.get("error") is not None:
+            self._err.writerow([record["image_id"], record.get("path") or "", record["error"]])
+        else:
+            for c in record["classes"]:
+                self._sub.writerow([record["image_id"], c["rle"], c["class_id"]])
+        self._jsonl.write(json.dumps(record) + "\n")
+
+    def commit(self) -> None:
+        for f in self._files:
+            f.commit()
+        fsync_dir(self.out)
+
+    def discard(self) -> None:
+        for f in self._files:
+            f.discard()
+
+
+def write_overlay(
+    out: Path,
+    result: InspectionResult,
+    image: np.ndarray,
+    truth: AnnotatedImage | None = None,
+) -> Path:
+    """Render and write ``out/overlays/<stem>.png`` atomically; returns its path."""
+    path = Path(out) / OVERLAY_DIR / f"{Path(result.image_id).stem}.png"
+    write_bytes_atomic(path, encode_png(render_overlay(image, result, truth)))
+    return path
+
+
+# -- the combined writer ----------------------------------------------------------------------
+class PredictionWriter:
+    """Writes every output of one predict run into ``out``; use as a context manager.
+
+    ``submission.csv``: Kaggle ``ImageId,EncodedPixels,ClassId``, one row per image and class
+    (empty EncodedPixels when absent). ``predictions.jsonl``: one object per image
+    (``InspectionResult.to_dict()`` plus ``path`` and ``error``, null unless it failed).
+    ``errors.csv``: ``ImageId,path,error`` for images that could not be inspected.
+    ``overlays/<stem>.png`` when ``overlays``. On an exception nothing is renamed into place.
+    (``steelscan predict`` journals the records instead and assembles the same tables from the
+    journal at the end; see :mod:`steelscan.inference.journal`.)
+    """
+
+    def __init__(self, out: Path, *, overlays: bool = False) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.overlays = overlays
+        if overlays:
+            (self.out / OVERLAY_DIR).mkdir(exist_ok=True)
+        self._tables = TableWriter(self.out)
         self.n_written = 0
         self.n_errors = 0
 
@@ -137,33 +222,21 @@ class PredictionWriter:
         if result.error is not None:  # a streaming producer reports failures as results
             self.write_error(result.image_id, path, result.error)
             return
-        for c in result.classes:
-            self._sub.writerow([result.image_id, c.rle(), c.class_id])
-        record: dict[str, Any] = result.to_dict()
-        record["path"] = str(path) if path is not None else None
-        record["error"] = None
-        self._jsonl.write(json.dumps(record) + "\n")
+        self._tables.add(result_record(result, path))
         if self.overlays and image is not None:
-            png = encode_png(render_overlay(image, result, truth))
-            write_bytes_atomic(self.out / OVERLAY_DIR / f"{Path(result.image_id).stem}.png", png)
+            write_overlay(self.out, result, image, truth)
         self.n_written += 1
 
     def write_error(self, image_id: str, path: str | Path | None, message: str) -> None:
         """Record an image that could not be inspected (it gets no submission rows)."""
-        p = str(path) if path is not None else ""
-        self._err.writerow([image_id, p, message])
-        self._jsonl.write(
-            json.dumps({"image_id": image_id, "path": p or None, "error": message}) + "\n"
-        )
+        self._tables.add(error_record(image_id, path, message))
         self.n_errors += 1
 
     def close(self) -> None:
-        for f in self._files:
-            f.commit()
+        self._tables.commit()
 
     def abort(self) -> None:
-        for f in self._files:
-            f.discard()
+        self._tables.discard()
 
     def __enter__(self) -> PredictionWriter:
         return self
