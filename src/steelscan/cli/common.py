@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
@@ -69,14 +68,15 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from steelscan.inference.predictor import WrongImageSize
 
     found: list[type[BaseException]] = [BundleError, WrongImageSize]
+    # An error of a layer that was never imported cannot have been raised: look only at loaded
+    # modules, so a user error on the runtime path never imports torch just to be reported.
     for module, name in (
         ("steelscan.models.pretrained", "PretrainedWeightsError"),
         ("steelscan.training.config", "ConfigError"),
     ):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except ImportError:
-            continue
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, name):
+            found.append(getattr(loaded, name))
     return USER_ERRORS + tuple(found)
 
 

@@ -33,15 +33,21 @@ def _decode_problem(path: Path, shape: tuple[int, int]) -> DataProblem | None:
 
 
 def check_dataset(
-    path: str | Path, *, progress: bool = True, workers: int | None = None
+    path: str | Path,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
+    layout: str | None = None,
 ) -> list[DataProblem]:
     """Return every problem in the dataset at ``path`` (an empty list means it is clean).
 
-    Covers the layout itself, every CSV/XML row, every RLE against its image's size, image
-    sizes that differ from the majority, and every image file decoded in full.
+    Covers the layout itself (detected, or ``layout``), every CSV/XML/JSON/label row, every
+    mask against its image's size (RLE, mask files, COCO RLE), unknown categories, polygons and
+    boxes outside their image, masks and labels without an image, and every image file decoded
+    in full; Severstal folders also flag sizes that differ from the majority.
     """
     try:
-        ds, problems = scan_dataset(path)
+        ds, problems = scan_dataset(path, layout=layout)
     except DataError as exc:
         return exc.problems
     todo = [(r.path, r.shape) for r in ds.records if r.path is not None]

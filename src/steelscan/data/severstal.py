@@ -124,13 +124,19 @@ def _checked_rles(
 
 
 def scan_severstal(
-    root: Path, *, validate: bool = True, class_ids: tuple[int, ...] = CLASS_IDS
+    root: Path,
+    *,
+    validate: bool = True,
+    class_ids: tuple[int, ...] = CLASS_IDS,
+    check_sizes: bool = True,
 ) -> tuple[Dataset, list[DataProblem]]:
     """Read the folder and return the dataset plus EVERY problem found (never raises on data).
 
     ``validate=False`` skips the per-row RLE checks and the image-size consistency check (the
-    expensive or paranoid ones); structural problems are still reported. Records are sorted
-    by image id; an image no CSV mentions is a defect-free record named by its file.
+    expensive or paranoid ones); structural problems are still reported. ``check_sizes=False``
+    skips only the majority-size check (a folder of other data, whose images may differ in
+    size, e.g. one ``steelscan data convert`` wrote). Records are sorted by image id; an image
+    no CSV mentions is a defect-free record named by its file.
     """
     root = Path(root)
     csv_path = root / "train.csv"
@@ -149,7 +155,7 @@ def scan_severstal(
 
     sizes, probs = read_sizes(sorted(set(paths.values())))
     problems += probs
-    shape, probs = size_problems(sizes) if validate else (None, [])
+    shape, probs = size_problems(sizes) if validate and check_sizes else (None, [])
     problems += probs
     if shape is None and sizes:
         shape = next(iter(sizes.values()))
