@@ -66,7 +66,16 @@ def _from_csv(csv: Path, out: Inputs) -> list[InputImage]:
 
 
 def _is_dataset(folder: Path) -> bool:
-    return (folder / "train.csv").is_file() or (folder / "annotations").is_dir()
+    """A labelled dataset in any layout steelscan reads (its overlays then show the truth);
+    anything else is a plain folder of images."""
+    from steelscan.data import detect_layout
+    from steelscan.data.records import DataError
+
+    try:
+        detect_layout(folder)
+    except DataError:
+        return False
+    return True
 
 
 def _from_dataset(folder: Path, out: Inputs) -> list[InputImage]:
