@@ -1,4 +1,5 @@
-"""`steelscan predict`: run a trained bundle over images and write submission, JSON lines, overlays.
+"""`steelscan predict`: run a trained bundle over images and write submission, JSON lines, overlays
+and, with ``--format coco``, COCO results JSON (:mod:`steelscan.inference.coco_results`).
 
 Exit status: 0 when every image was inspected; 1 when some image could not be read or inspected
 (everything else is still written, and the failures are listed in ``errors.csv`` and
@@ -59,13 +60,21 @@ def predict(
         help="Discard the journal in --out (a killed or finished run, perhaps with other "
         "arguments) and start over.",
     ),
+    formats: str = typer.Option(
+        "csv,jsonl",
+        "--format",
+        help="Comma-separated outputs: csv (submission.csv), jsonl (predictions.jsonl), coco "
+        "(coco_results.json + coco_images.json: one instance per connected component, for "
+        "pycocotools, FiftyOne, CVAT). errors.csv is always written.",
+    ),
 ) -> None:
     """Inspect images with a trained model; writes one result per image, each image once.
 
     Writes submission.csv (Kaggle ImageId,EncodedPixels,ClassId), predictions.jsonl, errors.csv
-    and, with --overlays, overlays/<id>.png. Resumable: a journal in --out records every finished
-    image; a killed run, started again with the same arguments, continues where it stopped
-    (--restart starts over). Exit status 0: every image inspected; 1: some images failed (the
+    and, with --overlays, overlays/<id>.png; --format picks the tables (coco: coco_results.json
+    and coco_images.json). Resumable: a journal in --out records every finished image; a killed
+    run, started again with the same arguments, continues where it stopped (--restart starts
+    over). Exit status 0: every image inspected; 1: some images failed (the
     rest are written; failures are in errors.csv); 2: nothing ran (missing or broken model, input
     path not found, bad option, a journal of a different run in --out).
     """
@@ -75,6 +84,7 @@ def predict(
 
     if gate is not None and gate not in ("hard", "soft", "none"):
         fail(f"--gate must be hard, soft or none, not {gate!r}")
+    wanted = _formats(formats)
     opts = engine_options(
         engine, device=device, channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8
     )
@@ -85,7 +95,9 @@ def predict(
     args = {"--engine": engine, "--gate": gate, "--tta": tta, "--batch-size": batch_size}
     args.update({"--overlays": overlays, "--channels-last": channels_last, "--bf16": bf16})
     args.update({"--fp16": fp16, "--int8": int8, "--device": device})
-    summary = _journaled_run(predictor, resolved, out, args, restart)
+    args.update({"--format coco": True} if "coco" in wanted else {})  # records carry scores
+    outputs = _outputs(wanted, overlays, predictor, resolved, inputs)
+    summary = _journaled_run(predictor, resolved, out, args, restart, outputs)
     summary.print(predictor.classes, out)
     if summary.n_failed:
         typer.secho(
@@ -127,8 +139,53 @@ def _build_predictor(
     return predictor
 
 
+def _formats(text: str) -> tuple[str, ...]:
+    """``--format`` as names, or exit 2 before the model is loaded."""
+    from steelscan.cli.common import fail
+    from steelscan.inference.writers import parse_formats
+
+    try:
+        return parse_formats(text)
+    except ValueError as exc:
+        fail(str(exc))
+    raise AssertionError("unreachable")  # fail() raises
+
+
+@dataclass
+class _Outputs:
+    """What a run writes: the ``--format`` names, overlays, and the COCO ids (with coco)."""
+
+    formats: tuple[str, ...]
+    overlays: bool
+    coco_ids: Any = None
+
+    @property
+    def coco(self) -> bool:
+        return "coco" in self.formats
+
+
+def _outputs(
+    formats: tuple[str, ...], overlays: bool, predictor: Any, resolved: Any, inputs: list[Path]
+) -> _Outputs:
+    """The run's outputs; with coco its ids (a COCO dataset input's own ids), notes printed."""
+    if "coco" not in formats:
+        return _Outputs(formats, overlays)
+    from steelscan.inference.coco_results import coco_ids
+
+    images = [(it.image_id, it.truth is not None) for it in resolved.images]
+    ids = coco_ids(images, inputs, predictor.classes, predictor.class_ids)
+    for note in ids.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    return _Outputs(formats, overlays, ids)
+
+
 def _journaled_run(
-    predictor: Any, resolved: Any, out: Path, args: dict[str, Any], restart: bool
+    predictor: Any,
+    resolved: Any,
+    out: Path,
+    args: dict[str, Any],
+    restart: bool,
+    outputs: _Outputs,
 ) -> _Summary:
     """Open (or check) the journal in ``out``, run, assemble; a journal of another run is exit 2
     and Ctrl-C leaves a journal the same command continues."""
@@ -141,7 +198,7 @@ def _journaled_run(
         fail(str(exc))
     try:
         with journal:
-            return _run(predictor, resolved, journal, out, bool(args["--overlays"]))
+            return _run(predictor, resolved, journal, out, outputs)
     except KeyboardInterrupt:
         typer.secho(
             f"interrupted: {journal.done} of {len(resolved.images)} images are in the journal; "
@@ -228,9 +285,9 @@ class _Summary:
         typer.echo(f"outputs in {out}")
 
 
-def _run(predictor: Any, resolved: Any, journal: Any, out: Path, overlays: bool) -> _Summary:
+def _run(predictor: Any, resolved: Any, journal: Any, out: Path, outputs: _Outputs) -> _Summary:
     """Inspect what the journal does not hold yet, then assemble the outputs from it."""
-    from steelscan.inference.writers import ERRORS, PREDICTIONS, SUBMISSION
+    from steelscan.inference.writers import output_files
 
     n = len(resolved.images)
     summary = _Summary()
@@ -251,28 +308,33 @@ def _run(predictor: Any, resolved: Any, journal: Any, out: Path, overlays: bool)
             typer.secho(f"error: {image_id}: {why}", fg=typer.colors.RED, err=True)
     if journal.done < n:
         start = time.perf_counter()
-        _inspect(predictor, resolved, journal, out, overlays, summary)
+        _inspect(predictor, resolved, journal, out, outputs, summary)
         summary.seconds = time.perf_counter() - start
     journal.sync()
-    complete = all((out / name).is_file() for name in (SUBMISSION, PREDICTIONS, ERRORS))
-    _assemble(out, resolved, journal, summary, write=not (journal.finished and complete))
+    complete = all((out / name).is_file() for name in output_files(outputs.formats))
+    write = not (journal.finished and complete)
+    _assemble(out, resolved, journal, summary, outputs if write else None)
     if not journal.finished:
         journal.mark_finished()
     return summary
 
 
 def _inspect(
-    predictor: Any, resolved: Any, journal: Any, out: Path, overlays: bool, summary: _Summary
+    predictor: Any, resolved: Any, journal: Any, out: Path, outputs: _Outputs, summary: _Summary
 ) -> None:
     """Stream the inputs the journal lacks through the predictor, journaling each result.
 
     The stream restarts at a multiple of the batch size, so every image shares its forward pass
     with the same images as in an uninterrupted run (padding and batched kernels make results
-    depend on the batch); the few results already journaled are not journaled again."""
+    depend on the batch); the few results already journaled are not journaled again. With coco
+    each record also carries its components' scores (from the raw probabilities)."""
     from tqdm import tqdm
 
+    from steelscan.inference.coco_results import SCORES_KEY, component_scores
     from steelscan.inference.writers import error_record, result_record, write_overlay
 
+    overlays = outputs.overlays
+    gate_mode = predictor.postprocessor.params.gate_mode
     done = journal.done
     first = done - done % predictor.batch_size
     todo = resolved.images[first:]
@@ -287,7 +349,7 @@ def _inspect(
         dynamic_ncols=True,
         mininterval=0.5 if sys.stderr.isatty() else 10.0,
     )
-    stream = predictor.stream(items, keep_images=overlays)
+    stream = predictor.stream(items, keep_images=overlays, keep_raw=outputs.coco)
     for index, (item, pred) in enumerate(zip(todo, stream, strict=True), start=first):
         bar.update(1)
         if index < done:  # journaled before the kill; recomputed only to keep the batches
@@ -298,6 +360,8 @@ def _inspect(
             tqdm.write(typer.style(f"error: {pred.error}", fg=typer.colors.RED), file=sys.stderr)
         else:
             record = result_record(pred.result, item.path)
+            if outputs.coco:
+                record[SCORES_KEY] = component_scores(pred.result, pred.raw, gate_mode)
             if overlays and pred.image is not None:
                 files.append(write_overlay(out, pred.result, pred.image, item.truth))
             summary.timed(pred.result)
@@ -305,13 +369,17 @@ def _inspect(
     bar.close()
 
 
-def _assemble(out: Path, resolved: Any, journal: Any, summary: _Summary, write: bool) -> None:
+def _assemble(
+    out: Path, resolved: Any, journal: Any, summary: _Summary, outputs: _Outputs | None
+) -> None:
     """Write the final files from the journal, in input order, each renamed into place at the
-    end (with ``write`` False only recount them: a finished run rerun writes nothing)."""
+    end (with ``outputs`` None only recount them: a finished run rerun writes nothing)."""
     from steelscan.inference.journal import JournalError
     from steelscan.inference.writers import TableWriter, error_record
 
-    tables = TableWriter(out) if write else None
+    tables = None
+    if outputs is not None:
+        tables = TableWriter(out, formats=outputs.formats, coco_ids=outputs.coco_ids)
     try:
         for image_id, why in resolved.missing:
             _add(tables, summary, error_record(image_id, None, f"image not found: {why}"))

@@ -11,9 +11,11 @@ and end with the outputs an uninterrupted run writes. The journal is ``DIR/.stee
     identity is refused with what changed, unless it asks to start over (``restart``).
 ``seg-NNNNNN.jsonl``
     Finished results, one JSON line ``{"i": <input index>, "r": <predictions.jsonl record>}``
-    each, in input order. Every line is flushed to the OS as it is written (a killed process loses
-    nothing it wrote) and fsynced every :data:`SYNC_EVERY` results or :data:`SYNC_SECONDS`
-    (a power cut loses at most that much), after the overlays of those results were fsynced.
+    each, in input order (with ``--format coco`` the record also carries ``component_scores``,
+    what the COCO writer needs and predictions.jsonl leaves out). Every line is flushed to the
+    OS as it is written (a killed process loses nothing it wrote) and fsynced every
+    :data:`SYNC_EVERY` results or :data:`SYNC_SECONDS` (a power cut loses at most that much),
+    after the overlays of those results were fsynced.
     Each process appends to a new segment, so a torn last line left by a kill is never extended;
     a line that is torn, unreadable or out of sequence is ignored and its input redone.
 ``done.json``

@@ -1,4 +1,5 @@
-"""Streaming writers for ``steelscan predict``: submission CSV, JSON lines, errors and overlays.
+"""Streaming writers for ``steelscan predict``: submission CSV, JSON lines, errors and overlays
+(and the COCO results of :mod:`steelscan.inference.coco_results`).
 
 Each table is written to a hidden temporary name beside its destination, fsynced, and renamed
 into place only when the run completes, so an interrupted run never leaves a half-written file
@@ -29,6 +30,36 @@ SUBMISSION = "submission.csv"
 PREDICTIONS = "predictions.jsonl"
 ERRORS = "errors.csv"
 OVERLAY_DIR = "overlays"
+COCO_RESULTS = "coco_results.json"
+COCO_IMAGES = "coco_images.json"
+# ``--format`` names and the files each writes; errors.csv is always written (failures are
+# reported there, whatever else was asked for).
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "csv": (SUBMISSION,),
+    "jsonl": (PREDICTIONS,),
+    "coco": (COCO_RESULTS, COCO_IMAGES),
+}
+DEFAULT_FORMATS = ("csv", "jsonl")
+# Record keys the journal keeps for a writer but predictions.jsonl leaves out (so the JSON
+# lines are the same whichever formats were asked for).
+COMPONENT_SCORES = "component_scores"  # per class, per component (coco_results)
+JOURNAL_ONLY = (COMPONENT_SCORES,)
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"csv,jsonl,coco"`` as format names in that order; ValueError names an unknown one."""
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in OUTPUTS]
+    if unknown or not names:
+        raise ValueError(
+            f"--format {text!r}: choose a comma-separated list of {', '.join(OUTPUTS)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def output_files(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The final files a run with ``formats`` writes into ``--out`` (errors.csv always)."""
+    return tuple(name for f in formats for name in OUTPUTS[f]) + (ERRORS,)
 
 
 class AtomicText:
@@ -65,7 +96,7 @@ def remove_stale_temps(out: Path) -> None:
 
     Only this module's names (``.<final name>.<pid>.tmp``) are touched, and only while the caller
     holds the folder (the journal's lock), so no live writer's file goes."""
-    finals = (SUBMISSION, PREDICTIONS, ERRORS)
+    finals = output_files(tuple(OUTPUTS))
     for p in Path(out).glob(".*.tmp"):
         if p.name[1:].startswith(tuple(f"{name}." for name in finals)):
             p.unlink(missing_ok=True)
@@ -140,31 +171,51 @@ def error_record(image_id: str, path: str | Path | None, message: str) -> dict[s
 
 
 class TableWriter:
-    """submission.csv, predictions.jsonl and errors.csv from records, each renamed into place
-    (after an fsync) only by :meth:`commit`. Every table row is derived from the record alone, so
-    tables assembled from a journal are byte for byte those written while inspecting."""
+    """The tables of ``formats`` (submission.csv, predictions.jsonl, the COCO files; errors.csv
+    always) from records, each renamed into place (after an fsync) only by :meth:`commit`. Every
+    row is derived from the record alone, so tables assembled from a journal are byte for byte
+    those written while inspecting. ``coco_ids`` (a :class:`~steelscan.inference.coco_results.
+    CocoIds`) is needed with ``coco``."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(
+        self, out: Path, *, formats: tuple[str, ...] = DEFAULT_FORMATS, coco_ids: Any = None
+    ) -> None:
         self.out = Path(out)
-        self._files = [
-            AtomicText(self.out / SUBMISSION),
-            AtomicText(self.out / PREDICTIONS),
-            AtomicText(self.out / ERRORS),
-        ]
-        self._sub = csv.writer(self._files[0].fh, lineterminator="\n")
-        self._sub.writerow(["ImageId", "EncodedPixels", "ClassId"])
-        self._jsonl = self._files[1].fh
-        self._err = csv.writer(self._files[2].fh, lineterminator="\n")
+        self._files: list[Any] = []
+        self._sub: Any = None
+        self._jsonl: IO[str] | None = None
+        self._coco: Any = None
+        if "csv" in formats:
+            self._files.append(AtomicText(self.out / SUBMISSION))
+            self._sub = csv.writer(self._files[-1].fh, lineterminator="\n")
+            self._sub.writerow(["ImageId", "EncodedPixels", "ClassId"])
+        if "jsonl" in formats:
+            self._files.append(AtomicText(self.out / PREDICTIONS))
+            self._jsonl = self._files[-1].fh
+        self._files.append(AtomicText(self.out / ERRORS))
+        self._err = csv.writer(self._files[-1].fh, lineterminator="\n")
         self._err.writerow(["ImageId", "path", "error"])
+        if "coco" in formats:
+            from steelscan.inference.coco_results import CocoWriter
+
+            if coco_ids is None:
+                self.discard()
+                raise ValueError("the coco format needs the run's COCO ids (coco_ids)")
+            self._coco = CocoWriter(self.out, coco_ids)
+            self._files.append(self._coco)
 
     def add(self, record: dict[str, Any]) -> None:
-        """One image: its submission rows (or its errors.csv row) and its JSON line."""
+        """One image: its submission rows (or its errors.csv row), JSON line and COCO objects."""
         if record.get("error") is not None:
             self._err.writerow([record["image_id"], record.get("path") or "", record["error"]])
-        else:
+        elif self._sub is not None:
             for c in record["classes"]:
                 self._sub.writerow([record["image_id"], c["rle"], c["class_id"]])
-        self._jsonl.write(json.dumps(record) + "\n")
+        if self._jsonl is not None:
+            line = {k: v for k, v in record.items() if k not in JOURNAL_ONLY}
+            self._jsonl.write(json.dumps(line) + "\n")
+        if self._coco is not None:
+            self._coco.add(record)
 
     def commit(self) -> None:
         for f in self._files:
