@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/load.py [--model MODEL_DIR] [--clients 4 16] [--requests 20]
                                    [--runs 3] [--max-queue 8] [--write]
+    .venv/bin/python bench/load.py --soak-minutes 10 [--clients 4] [--write]
 
 Starts the real server as a subprocess on 127.0.0.1 (a free port), then for each client count
 runs ``clients`` concurrent clients that each send exactly ``--requests`` inspection requests, one
@@ -13,9 +14,17 @@ bounded by its request count.
 Pass/fail, as the service promises: at 4 clients no request may fail; at 16 the only failures
 allowed are 503 answers that carry ``Retry-After``. The exit status is 1 when that is broken.
 
+Soak (``--soak-minutes M``, e.g. ``--soak-minutes 10 --clients 4 --write``): the given number of
+clients (default 4) send back to back for M minutes, bounded by the clock. It records the total
+requests, errors (must be 0), p50/p99 latency and the server's resident memory (VmRSS from
+/proc/PID/status) once loaded, at the start, every tenth of the run and at the end; checks that
+the server's own ``/metrics`` count of answered requests equals the client's; and stops the
+server with SIGTERM, which must drain and exit 0. The exit status is 1 when any of that fails.
+
 Without ``--model`` a tiny model is trained first with the project's own code on synthetic
 full-size (256x1600) images (a few minutes on a CPU) and kept under ``runs/load-model``.
-``--write`` replaces the "## Service load test" section of docs/benchmarks.md.
+``--write`` replaces the "## Service load test" (or, soaking, "## Service soak test") section of
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STEELSCAN_SHARED", REPO.parent / "shared"))
 DOC = REPO / "docs" / "benchmarks.md"
 SECTION = "## Service load test"
+SOAK_SECTION = "## Service soak test"
 
 
 @dataclass
@@ -195,6 +205,109 @@ def median_run(runs: list[Scenario]) -> Scenario:
     return sorted(runs, key=lambda s: s.throughput)[len(runs) // 2]
 
 
+# -- soak -----------------------------------------------------------------------------------
+@dataclass
+class Soak:
+    """``clients`` clients sending back to back for ``minutes``; the server's memory over time."""
+
+    clients: int
+    minutes: float
+    rss_loaded_kib: int = 0  # after loading the model, before the warm-up request
+    wall_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)  # successful requests
+    statuses: dict[str, int] = field(default_factory=dict)
+    transport_errors: int = 0
+    rss_kib: list[tuple[float, int]] = field(default_factory=list)  # (seconds in, VmRSS)
+    load_end: str = ""
+    served_ok: int | None = None  # the server's own count of 200s on /v1/inspect (/metrics)
+    exit_status: int | None = None  # after SIGTERM at the end
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get("200", 0)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values()) + self.transport_errors
+
+    @property
+    def errors(self) -> int:
+        return self.requests - self.ok
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def metrics_agree(self) -> bool:
+        return self.served_ok == self.ok + 1  # + the warm-up request
+
+    def acceptable(self) -> bool:
+        return self.errors == 0 and self.ok > 0 and self.metrics_agree() and self.exit_status == 0
+
+
+def rss_kib(pid: int) -> int:
+    """The resident memory of process ``pid`` (VmRSS in /proc/PID/status), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+async def _sample_rss(soak: Soak, pid: int, t0: float, deadline: float, every_s: float) -> None:
+    while (now := time.perf_counter()) < deadline:  # the last sample is taken after the clients
+        soak.rss_kib.append((now - t0, rss_kib(pid)))
+        await asyncio.sleep(min(every_s, deadline - now))
+
+
+async def run_soak(url: str, images: list[tuple[str, bytes]], soak: Soak, pid: int) -> Soak:
+    """Each client sends one request after another until the time is up (bounded by the clock)."""
+    limits = httpx.Limits(max_connections=soak.clients, max_keepalive_connections=soak.clients)
+    t0 = time.perf_counter()
+    deadline = t0 + soak.minutes * 60
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def one_client(cid: int) -> None:
+            i = 0
+            while time.perf_counter() < deadline:
+                name, data = images[(cid + i) % len(images)]
+                i += 1
+                t = time.perf_counter()
+                try:
+                    r = await client.post(
+                        "/v1/inspect",
+                        content=data,
+                        headers={"Content-Type": "image/jpeg"},
+                        params={"image_id": name},
+                    )
+                except httpx.TransportError:
+                    soak.transport_errors += 1
+                    continue
+                key = str(r.status_code)
+                soak.statuses[key] = soak.statuses.get(key, 0) + 1
+                if r.status_code == 200:
+                    soak.latencies_ms.append((time.perf_counter() - t) * 1000)
+
+        every = max(5.0, soak.minutes * 60 / 10)
+        clients = [one_client(c) for c in range(soak.clients)]
+        await asyncio.gather(_sample_rss(soak, pid, t0, deadline, every), *clients)
+    soak.wall_s = time.perf_counter() - t0
+    soak.rss_kib.append((soak.wall_s, rss_kib(pid)))
+    soak.load_end = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return soak
+
+
+def scraped_ok(url: str) -> int:
+    """The server's count of answered POST /v1/inspect with status 200, from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    want = {"route": "/v1/inspect", "method": "POST", "status": "200"}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "steelscan_http_requests_total" and s.labels == want:
+                return int(s.value)
+    return 0
+
+
 # -- report ---------------------------------------------------------------------------------
 def machine() -> str:
     import torch
@@ -249,54 +362,70 @@ def report(
     return "\n".join(lines)
 
 
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.0f}"
+
+
+def soak_report(soak: Soak, args: argparse.Namespace, meta: dict[str, str]) -> str:
+    from runtime_install import cpu_flags  # bench/runtime_install.py
+
+    (_, rss0), (_, rss1) = soak.rss_kib[0], soak.rss_kib[-1]
+    timeline = ", ".join(f"{t / 60:.1f} min {_mib(k)}" for t, k in soak.rss_kib)
+    met = "met" if soak.acceptable() else "NOT met"
+    lines = [
+        SOAK_SECTION,
+        "",
+        f"Command: `.venv/bin/python bench/load.py {meta['argv']}`  ",
+        f"Machine: {meta['machine']}; CPU flags: {cpu_flags()}  ",
+        f"Date: {meta['date']}; load average (1-minute) at start: {meta['load']}; at the end "
+        f"(1 / 5 / 15 minutes): {soak.load_end}. The machine was shared (other work running).  ",
+        f"Model: {meta['model']}; images: {meta['images']}.  ",
+        f"Server: `steelscan serve` on 127.0.0.1, {args.workers} inference worker(s), queue bound "
+        f"{args.max_queue}; client and server share the machine's cores.",
+        "",
+        f"{soak.clients} clients each send POST /v1/inspect (raw JPEG body) one after another "
+        f"for {soak.minutes:g} minutes. Latency is per successful request as the client sees it. "
+        "RSS is the server process's VmRSS (/proc/PID/status): once the model is loaded, at the "
+        "start of the soak (after one warm-up request) and at the end.",
+        "",
+        "| clients | minutes | requests | ok | errors | throughput (ok/s) | p50 ms | p99 ms "
+        "| RSS loaded MiB | RSS start MiB | RSS end MiB | RSS change |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {soak.clients} | {soak.wall_s / 60:.1f} | {soak.requests} | {soak.ok} | {soak.errors} "
+        f"| {soak.ok / soak.wall_s:.2f} | {soak.pct(50):.0f} | {soak.pct(99):.0f} "
+        f"| {_mib(soak.rss_loaded_kib)} | {_mib(rss0)} | {_mib(rss1)} "
+        f"| {(rss1 - rss0) / 1024:+.1f} MiB ({(rss1 - rss0) / rss0:+.1%}) |",
+        "",
+        f"RSS over the soak (MiB): {timeline}.  ",
+        f"Statuses: {soak.statuses}; transport errors: {soak.transport_errors}.  ",
+        f"The server's `/metrics` counted {soak.served_ok} answered POST /v1/inspect with status "
+        f"200 (the client: {soak.ok} + 1 warm-up){'' if soak.metrics_agree() else ' — MISMATCH'}; "
+        f"after SIGTERM at the end it drained and exited with status {soak.exit_status}.",
+        "",
+        f"Checks: 0 errors, `/metrics` agrees with the client, exit 0 after SIGTERM — {met}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def write_section(text: str) -> None:
     _report.write_section(SECTION, text)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", type=Path, default=None, help="model bundle (default: train tiny)")
-    ap.add_argument("--clients", type=int, nargs="+", default=[4, 16])
-    ap.add_argument("--requests", type=int, default=20, help="requests per client")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--max-queue", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--engine", default="auto", help="serve --engine (auto: what serve picks)")
-    ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
-    args = ap.parse_args()
-
-    model = ensure_model(args.model)
-    images, origin = load_images(model)
-    load = f"{os.getloadavg()[0]:.1f}"
-    port = free_port()
-    proc = start_server(model, port, args.max_queue, args.workers, args.engine)
-    url = f"http://127.0.0.1:{port}"
-    results: dict[int, list[Scenario]] = {}
+def stop_server(proc: subprocess.Popen, timeout: float = 60) -> int | None:
+    """SIGTERM (the server drains and exits); its exit status, or None when it had to be killed."""
+    proc.terminate()
     try:
-        info = httpx.get(f"{url}/v1/model", timeout=10).json()
-        # One warm-up request so the first scenario does not pay for lazy initialisation.
-        name, data = images[0]
-        httpx.post(f"{url}/v1/inspect", content=data, timeout=120)
-        for clients in args.clients:
-            results[clients] = []
-            for run in range(args.runs):
-                sc = asyncio.run(run_scenario(url, images, Scenario(clients, args.requests)))
-                results[clients].append(sc)
-                print(
-                    f"{clients:>3} clients run {run + 1}: {sc.throughput:6.2f} ok/s, "
-                    f"p50 {sc.pct(50):7.0f} ms, p99 {sc.pct(99):7.0f} ms, statuses {sc.statuses}, "
-                    f"transport errors {sc.transport_errors}",
-                    flush=True,
-                )
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
 
+
+def model_meta(model: Path, info: dict, images: list, origin: str, load: str) -> dict[str, str]:
     shown_model = model.relative_to(REPO) if model.is_relative_to(REPO) else model
-    meta = {
+    return {
         "argv": " ".join(sys.argv[1:]),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
@@ -309,13 +438,81 @@ def main() -> int:
         ),
         "images": f"{len(images)} {origin}",
     }
-    text = report(results, args, meta)
+
+
+def run_load(args: argparse.Namespace, url: str, images: list) -> dict[int, list[Scenario]]:
+    results: dict[int, list[Scenario]] = {}
+    for clients in args.clients or [4, 16]:
+        results[clients] = []
+        for run in range(args.runs):
+            sc = asyncio.run(run_scenario(url, images, Scenario(clients, args.requests)))
+            results[clients].append(sc)
+            print(
+                f"{clients:>3} clients run {run + 1}: {sc.throughput:6.2f} ok/s, "
+                f"p50 {sc.pct(50):7.0f} ms, p99 {sc.pct(99):7.0f} ms, statuses {sc.statuses}, "
+                f"transport errors {sc.transport_errors}",
+                flush=True,
+            )
+    return results
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", type=Path, default=None, help="model bundle (default: train tiny)")
+    ap.add_argument("--clients", type=int, nargs="+", default=None, help="default: 4 16 (soak: 4)")
+    ap.add_argument("--requests", type=int, default=20, help="requests per client")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--max-queue", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--engine", default="auto", help="serve --engine (auto: what serve picks)")
+    ap.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=None,
+        help="soak instead: --clients (one count) clients for this many minutes",
+    )
+    ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = ap.parse_args()
+    if args.soak_minutes is not None and args.clients and len(args.clients) != 1:
+        ap.error("--soak-minutes takes one --clients count")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    model = ensure_model(args.model)
+    images, origin = load_images(model)
+    load = f"{os.getloadavg()[0]:.1f}"
+    port = free_port()
+    proc = start_server(model, port, args.max_queue, args.workers, args.engine)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        info = httpx.get(f"{url}/v1/model", timeout=10).json()
+        rss_loaded = rss_kib(proc.pid)
+        # One warm-up request so the first scenario does not pay for lazy initialisation.
+        name, data = images[0]
+        httpx.post(f"{url}/v1/inspect", content=data, timeout=120)
+        if args.soak_minutes is not None:
+            soak = Soak((args.clients or [4])[0], args.soak_minutes, rss_loaded_kib=rss_loaded)
+            asyncio.run(run_soak(url, images, soak, proc.pid))
+            soak.served_ok = scraped_ok(url)
+        else:
+            results = run_load(args, url, images)
+    finally:
+        exit_status = stop_server(proc)
+
+    meta = model_meta(model, info, images, origin, load)
+    if args.soak_minutes is not None:
+        soak.exit_status = exit_status
+        text, ok, section = soak_report(soak, args, meta), soak.acceptable(), SOAK_SECTION
+    else:
+        text, section = report(results, args, meta), SECTION
+        ok = all(r.acceptable(clients <= 4) for clients, runs in results.items() for r in runs)
     print()
     print(text)
     if args.write:
-        write_section(text)
-        print(f"wrote the '{SECTION}' section of {DOC}")
-    ok = all(r.acceptable(strict=clients <= 4) for clients, runs in results.items() for r in runs)
+        _report.write_section(section, text)
+        print(f"wrote the '{section}' section of {DOC}")
     return 0 if ok else 1
 
 

@@ -9,7 +9,12 @@ The model is loaded once, before the app is built (:func:`load_service`), so a b
 * :mod:`~steelscan.service.inspection`: the predictor and the blocking work of a request;
 * :mod:`~steelscan.service.routes`: the routers (inspect, batch, health/model, page);
 * :mod:`~steelscan.service.errors`: every error is JSON ``{"error", "message", "status"}``; a bad
-  request never yields a 500 and never stops the server.
+  request never yields a 500 and never stops the server;
+* :mod:`~steelscan.service.metrics`: ``/metrics`` for Prometheus, counted by the outermost
+  middleware so every answer (a 413 refused before routing too) is in it.
+
+On SIGTERM, ``steelscan serve`` stops listening, lets every accepted request finish (bounded by
+``--drain-timeout``), then runs the lifespan shutdown here, which stops the worker pool.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from fastapi import FastAPI
 from steelscan import __version__
 from steelscan.service.errors import ApiError, install_error_handlers
 from steelscan.service.inspection import InspectionService, bundle_version, load_service
+from steelscan.service.metrics import MetricsMiddleware
 from steelscan.service.routes import ROUTERS
 from steelscan.service.routes.page import add_offline_docs, docs_assets, mount_static
 from steelscan.service.state import ServiceConfig, ServiceState
@@ -70,6 +76,8 @@ def create_app(service: InspectionService, config: ServiceConfig | None = None) 
         add_offline_docs(app, assets)
     app.state.steelscan = state
     app.add_middleware(UploadLimitMiddleware, max_bytes=state.config.max_upload_bytes)
+    api_routes = [route for router in ROUTERS for route in router.routes]
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, api_routes=api_routes)  # outermost
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

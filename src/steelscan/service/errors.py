@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from steelscan.service.metrics import mark_error
 from steelscan.service.runner import QueueFull
 from steelscan.service.schemas import ErrorOut
 
@@ -75,16 +76,25 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def _on_api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.error, exc.message, exc.headers)
+def _answer(
+    request: Request, status: int, error: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The error body, its code noted for ``steelscan_errors_total``."""
+    mark_error(request.scope, error)
+    return error_response(status, error, message, headers)
 
 
-async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(422, "invalid_request", _validation_message(exc))
+async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return _answer(request, exc.status, exc.error, exc.message, exc.headers)
 
 
-async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(
+async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _answer(request, 422, "invalid_request", _validation_message(exc))
+
+
+async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _answer(
+        request,
         exc.status_code,
         _HTTP_CODES.get(exc.status_code, "http_error"),
         str(exc.detail),
@@ -92,14 +102,15 @@ async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     )
 
 
-async def _on_inspection_failed(_: Request, exc: InspectionFailed) -> JSONResponse:
+async def _on_inspection_failed(request: Request, exc: InspectionFailed) -> JSONResponse:
     log.error("inspection failed: %s", exc)
-    return error_response(500, "inference_failed", str(exc))
+    return _answer(request, 500, "inference_failed", str(exc))
 
 
-async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises after this response is sent, so uvicorn still logs the traceback.
-    return error_response(500, "internal_error", f"internal server error ({type(exc).__name__})")
+    message = f"internal server error ({type(exc).__name__})"
+    return _answer(request, 500, "internal_error", message)
 
 
 def install_error_handlers(app: FastAPI) -> None:

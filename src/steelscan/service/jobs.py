@@ -5,7 +5,8 @@
 2. decoding and the size check of *every* upload, off the event loop, before any inference: a
    batch with one bad image fails naming it and nothing is inferred (415 / 422);
 3. inference on a worker thread (:mod:`steelscan.service.runner`), so the loop keeps answering;
-4. the timings: the model's own stage times (``model_*``) plus decode, queue, inference, total.
+4. the timings: the model's own stage times (``model_*``) plus decode, queue, inference, total;
+   the results and stage times are counted in the metrics (:mod:`steelscan.service.metrics`).
 """
 
 from __future__ import annotations
@@ -77,12 +78,14 @@ async def _infer(
 async def inspect_uploads(
     state: ServiceState, uploads: list[Upload], *, candidates: bool, overlay: bool
 ) -> InspectionRun:
-    """Admit, decode every upload, infer: steps 1-3 above."""
+    """Admit, decode every upload, infer: steps 1-3 above; count what was found."""
     admit(state)
     t0 = time.perf_counter()
     items = await run_in_threadpool(_decode_all, state, uploads)
     decode_ms = (time.perf_counter() - t0) * 1000
     results, queue_ms, infer_ms = await _infer(state, items, candidates, overlay)
+    state.metrics.observe_results(results)
+    state.metrics.observe_stages(decode_ms=decode_ms, queue_ms=queue_ms, infer_ms=infer_ms)
     return InspectionRun(results, decode_ms, queue_ms, infer_ms)
 
 

@@ -1,6 +1,6 @@
-"""What one running service holds (limits, the loaded model, the worker pool), and how routes
-get at it: one :class:`ServiceState` on ``app.state``, handed to each route by FastAPI's
-dependency injection (:data:`StateDep`) so the routers stay free of globals."""
+"""What one running service holds (limits, the loaded model, the worker pool, the metrics), and
+how routes get at it: one :class:`ServiceState` on ``app.state``, handed to each route by
+FastAPI's dependency injection (:data:`StateDep`) so the routers stay free of globals."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from steelscan.service.metrics import ServiceMetrics
 from steelscan.service.runner import InferenceRunner
 
 if TYPE_CHECKING:
@@ -45,16 +46,21 @@ class ServiceConfig:
 
 @dataclass
 class ServiceState:
-    """The model, its worker pool and the limits: everything a route needs."""
+    """The model, its worker pool, the limits and the metrics: everything a route needs."""
 
     service: InspectionService
     config: ServiceConfig
     runner: InferenceRunner
+    metrics: ServiceMetrics
     started: float = field(default_factory=time.time)
 
     @classmethod
     def build(cls, service: InspectionService, config: ServiceConfig) -> ServiceState:
-        return cls(service, config, InferenceRunner(config.workers, config.max_queue))
+        runner = InferenceRunner(config.workers, config.max_queue)
+        metrics = ServiceMetrics(service.manifest.classes, runner)
+        m = service.model_ref
+        metrics.set_model(m["name"], m["version"], m["engine"], service.precision)
+        return cls(service, config, runner, metrics)
 
 
 def get_state(request: Request) -> ServiceState:

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from steelscan.imageio import ImageReadError, ImageTooLarge, decode_image
 from steelscan.service.errors import ApiError, error_response
+from steelscan.service.metrics import mark_error
 
 MB = 1024 * 1024
 MULTIPART = "multipart/form-data"
@@ -75,6 +76,7 @@ class UploadLimitMiddleware:
         length = _content_length(scope)
         if length is not None and length > self.max_bytes:
             err = too_large(self.max_bytes, length)
+            mark_error(scope, err.error)
             response = error_response(err.status, err.error, err.message, {"Connection": "close"})
             await response(scope, receive, send)
             return

@@ -1,13 +1,15 @@
-"""``GET /health`` (liveness, queue) and ``GET /v1/model`` (what the loaded model is and does)."""
+"""``GET /health`` (liveness, queue), ``GET /v1/model`` (what the loaded model is and does) and
+``GET /metrics`` (Prometheus; the names are listed in :mod:`steelscan.service.metrics`)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from steelscan.manifest import ModelManifest, PostProcess
+from steelscan.service.metrics import METRICS_PATH
 from steelscan.service.schemas import HealthOut, ModelOut
 from steelscan.service.state import ServiceState, StateDep
 
@@ -85,3 +87,15 @@ def model_metadata(state: ServiceState) -> dict[str, Any]:
 async def model(state: StateDep) -> dict[str, Any]:
     """Classes, tuned thresholds and the validation metrics they were tuned at."""
     return model_metadata(state)
+
+
+@router.get(
+    METRICS_PATH,
+    response_class=Response,
+    summary="Prometheus metrics",
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+async def metrics(request: Request, state: StateDep) -> Response:
+    """Requests by route and status, latency, queue depth, images and defects per class."""
+    body, content_type = state.metrics.exposition(request.headers.get("accept"))
+    return Response(body, media_type=content_type)
