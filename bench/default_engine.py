@@ -37,6 +37,10 @@ STEELSCAN = str(Path(sys.executable).with_name("steelscan"))
 
 
 def run(cmd: list[str]) -> tuple[float, str]:
+    """One whole process, timed; its --out starts empty (a finished journal would make a rerun a
+    no-op: predict resumes)."""
+    out = Path(cmd[cmd.index("--out") + 1])
+    shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     took = time.perf_counter() - t0
