@@ -103,13 +103,15 @@ def test_evaluate_refuses_a_dataset_with_other_classes(trained_bundle, neu_dir, 
     assert not (tmp_path / "e" / "report.md").exists()
 
 
-def test_demo_pipeline_writes_every_output(tmp_path):
-    """The demo's whole chain (synth -> train -> tune -> predict -> evaluate) with a tiny preset."""
+def test_demo_pipeline_writes_every_output(tmp_path, capsys):
+    """The demo's whole chain (synth -> train -> tune -> predict -> evaluate) with a tiny preset,
+    its progress as a log file gets it (stderr is not a terminal under pytest)."""
     from steelscan.demo import run_demo
     from steelscan.training import TrainConfig
 
+    lines: list[str] = []
     r = run_demo(
-        tmp_path / "demo", n=20, config=TrainConfig.tiny(), progress=False, log=lambda m: None
+        tmp_path / "demo", n=20, config=TrainConfig.tiny(), progress=True, log=lines.append
     )
     n_val = r.metrics["n_images"]
     assert n_val >= 3
@@ -120,3 +122,55 @@ def test_demo_pipeline_writes_every_output(tmp_path):
     assert len(list((tmp_path / "demo" / "predictions" / "overlays").glob("*.png"))) == n_val
     assert (tmp_path / "demo" / "report" / "report.md").exists()
     assert 0.0 <= r.kaggle <= 1.0 and r.empty_baseline > 0
+    # the tiny preset does not export: auto falls back to torch, and the demo says so
+    assert r.engine == "torch fp32" and r.engines == []
+    assert any(line.strip().startswith("engine: torch fp32 (auto: ") for line in lines)
+    assert set(r.bars) == {"kaggle", "dice", "gate"}
+    err = capsys.readouterr().err
+    assert "\r" not in err  # no progress bar redrawn in place
+    assert "classifier epoch 1/1:" in err and "segmenter epoch 2/2:" in err
+    assert "post-processing tuned: Kaggle score" in err
+
+
+def test_demo_summary_holds_the_gate_to_its_bar(tmp_path, monkeypatch):
+    """A gate that skips nothing looks broken: gate accuracy has a bar beside Kaggle and Dice,
+    and the summary names the engine that predicted."""
+    from typer.testing import CliRunner
+
+    import steelscan.demo as demo
+    from steelscan.cli import app
+
+    def fake_run_demo(out, **kwargs):
+        return demo.DemoResult(
+            out=Path(out),
+            kaggle=0.956,
+            empty_baseline=0.83,
+            dice_nonempty=0.88,
+            gate_accuracy=0.594,
+            seconds=225.0,
+            metrics={"n_images": 32, "report": "r.md"},
+            engine="openvino int8+bf16",
+            engines=[
+                {"label": "torch fp32", "images_per_s": 3.4, "kaggle": 0.956, "keeps_score": True},
+                {
+                    "label": "openvino int8+bf16",
+                    "images_per_s": 22.0,
+                    "kaggle": 0.955,
+                    "keeps_score": True,
+                },
+                {"label": "onnx int8", "images_per_s": None, "error": "boom"},
+            ],
+        )
+
+    result = demo.DemoResult(**{**fake_run_demo(tmp_path).__dict__, "gate_accuracy": 0.95})
+    assert result.passed
+    assert not fake_run_demo(tmp_path).passed  # Kaggle and Dice pass, the gate does not
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    out = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d")])
+    assert out.exit_code == 0, out.output
+    gate_line = next(x for x in out.output.splitlines() if "gate accuracy" in x)
+    assert "0.5940" in gate_line and "BELOW BAR" in gate_line
+    assert "engine openvino int8+bf16" in out.output
+    used = next(x for x in out.output.splitlines() if "<- used" in x)
+    assert used.strip().startswith("openvino int8+bf16")
+    assert "onnx int8" in out.output and "failed: boom" in out.output

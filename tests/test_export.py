@@ -54,6 +54,12 @@ def test_export_writes_valid_onnx_and_keeps_the_bundle(exported: Path, trained_b
         assert not (trained_bundle / f"{stage}.onnx").exists()
     for key in ("classes", "class_ids", "normalization", "postprocess", "pad_multiple"):
         assert dst[key] == src[key], key
+    # the manifest's file hashes cover the ONNX files it names, so a changed one is refused
+    from steelscan.bundle import sha256_file
+
+    onnx_names = {"classifier.onnx", "segmenter.onnx", "segmenter.int8.onnx"}
+    assert onnx_names <= set(dst["files"])
+    assert all(dst["files"][n] == sha256_file(exported / n) for n in onnx_names)
     # the exported copy still loads with the torch engine (weights were copied too)
     from steelscan.bundle import load_bundle
 

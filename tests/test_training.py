@@ -7,6 +7,7 @@ fixture is the same run the inference/service tests use.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_bad_config_keys_and_values_are_named(tmp_path):
 def test_trainer_gets_time_budget_precision_and_accumulation(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 
-    from steelscan.training.train import build_trainer, stage_time_budgets
+    from steelscan.training.fit import build_trainer, stage_time_budgets
 
     cfg = _tiny(tmp_path, max_minutes=10, accumulate_grad_batches=3)
     clf_min, seg_min = stage_time_budgets(cfg)
@@ -96,6 +97,40 @@ def test_trainer_gets_time_budget_precision_and_accumulation(tmp_path):
     )
     assert not any(isinstance(c, Timer) for c in trainer.callbacks)
     assert TrainConfig(accelerator="cpu").resolved_precision() == "32"
+
+
+def test_progress_in_a_log_file_is_one_line_per_epoch(tmp_path, capsys):
+    """Under pytest stderr is not a terminal, as in `steelscan demo > log`: no bar redrawn with
+    carriage returns, one summary line per epoch instead."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from steelscan.training.callbacks import EpochSummary
+    from steelscan.training.fit import build_trainer
+
+    trainer = build_trainer(
+        _tiny(tmp_path), tmp_path / "segmenter", epochs=3, monitor="val_kaggle",
+        max_minutes=None, progress=True,
+    )  # fmt: skip
+    assert not any(isinstance(c, TQDMProgressBar) for c in trainer.callbacks)
+    summaries = [c for c in trainer.callbacks if isinstance(c, EpochSummary)]
+    assert len(summaries) == 1 and summaries[0].stage == "segmenter"
+    fake = SimpleNamespace(
+        is_global_zero=True,
+        max_epochs=3,
+        current_epoch=1,
+        callback_metrics={"train_loss": torch.tensor(0.5), "val_kaggle": torch.tensor(0.875)},
+    )
+    summaries[0].on_train_epoch_end(fake, None)
+    err = capsys.readouterr().err
+    assert err.startswith("segmenter epoch 2/3: train_loss 0.5000, val_kaggle 0.8750 (")
+    assert err.count("\n") == 1 and "\r" not in err
+    quiet = build_trainer(
+        _tiny(tmp_path), tmp_path / "q", epochs=1, monitor="val_kaggle", max_minutes=None,
+        progress=False,
+    )  # fmt: skip
+    assert not any(isinstance(c, (EpochSummary, TQDMProgressBar)) for c in quiet.callbacks)
 
 
 # --------------------------------------------------------------------------- data pipeline
@@ -166,6 +201,11 @@ def test_tiny_training_writes_a_loadable_bundle(trained_bundle):
     assert m.metrics["kaggle_after_tuning"] >= m.metrics["kaggle_before_tuning"] - 1e-9
     t = m.training
     assert t["num_train_images"] + t["num_val_images"] == 32
+    # what `steelscan tune`/`evaluate` need to find the validation split again
+    assert len(t["val_ids"]) == t["num_val_images"] == m.metrics["val_images_scored"]
+    assert Path(t["dataset"]).is_absolute() and t["config"]["tune_max_images"] == 16
+    assert set(t["step_seconds"]) == {"fit", "tune"}  # the tiny preset does not export
+    assert "engines" not in m.metrics and m.segmenter.onnx_file is None
     assert t["config"]["segmenter"]["crop_height"] == 128 and t["crop"] == [128, 256]
     assert set(t["class_counts_train"]) == {*m.classes, "no_defect"}
     # the rebuilt networks run at full resolution
@@ -179,6 +219,11 @@ def test_tiny_training_writes_a_loadable_bundle(trained_bundle):
     assert (runs / "segmenter" / "checkpoints" / "last.ckpt").exists()
     assert (runs / "classifier" / "logs" / "csv" / "metrics.csv").exists()
     assert not list(trained_bundle.parent.glob(f".{trained_bundle.name}.tmp-*"))
+    # as shareable as the umask allows (the temporary files it was built from were private)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert trained_bundle.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in trained_bundle.iterdir())
 
 
 def test_resume_continues_from_last_checkpoint(synth_small, tmp_path):
@@ -213,6 +258,129 @@ def test_failed_training_leaves_no_bundle(synth_small, tmp_path):
             out,
             _tiny(tmp_path, **{"classifier.enabled": False, "segmenter.enabled": False}),
         )
+
+
+def test_a_run_failing_after_the_fit_keeps_the_old_bundle(
+    synth_small, trained_bundle, tmp_path, monkeypatch
+):
+    """The bundle is built in the run directory and moved to ``out`` only when finished: a
+    failure in a late step (here tuning) neither leaves a half-made bundle nor harms the old."""
+    import steelscan.evaluation.evaluate as evaluate
+
+    out = tmp_path / "model"
+    shutil.copytree(trained_bundle, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tuning exploded")
+
+    monkeypatch.setattr(evaluate, "tune_on", broken)
+    with pytest.raises(RuntimeError, match="tuning exploded"):
+        train(synth_small, out, _tiny(tmp_path, **{"classifier.enabled": False}))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not list(tmp_path.glob(".model.*"))
+
+
+def test_training_refuses_to_replace_a_folder_that_is_not_a_bundle(synth_small, tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a steelscan bundle"):
+        train(synth_small, out, _tiny(tmp_path))
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_thresholds_tuned_by_train_equal_what_steelscan_tune_finds(
+    trained_bundle, synth_small, tmp_path
+):
+    """The end of `steelscan train` tunes with what `steelscan tune MODEL DATA` runs, on the same
+    images: re-tuning the trained model on its data finds exactly the same settings."""
+    from steelscan.bundle import read_manifest
+    from steelscan.cli import main
+    from steelscan.inference.postprocess import default_postprocess
+
+    trained = read_manifest(trained_bundle)
+    assert trained.postprocess != default_postprocess(4, "hard")  # tuning moved something
+    copy = tmp_path / "model"
+    shutil.copytree(trained_bundle, copy)
+    with pytest.raises(SystemExit) as exc:
+        main(["tune", str(copy), str(synth_small)])
+    assert exc.value.code == 0
+    retuned = read_manifest(copy)
+    assert retuned.postprocess == trained.postprocess
+    assert retuned.metrics["tuned_on"].startswith(f"{Path(synth_small).name}:val")
+    assert retuned.metrics["tuned_kaggle_before"] == trained.metrics["kaggle_before_tuning"]
+    assert retuned.metrics["tuned_kaggle_after"] == trained.metrics["kaggle_after_tuning"]
+
+
+def test_training_ends_with_an_export_and_auto_picks_the_fastest_engine(synth_small, tmp_path):
+    """export.enabled: ONNX files in the bundle, one record per engine runnable here (scored
+    through the predictor on the validation images), and `Predictor(bundle)` takes the fastest
+    record that keeps the score."""
+    from steelscan.bundle import load_bundle
+    from steelscan.inference.engines import SCORE_TOLERANCE, cpu_has_bf16, runnable_here
+    from steelscan.inference.predictor import Predictor
+
+    pytest.importorskip("onnxruntime")
+    cfg = _tiny(tmp_path, **{"export.enabled": True, "export.warmup_images": 1})
+    out = train(synth_small, tmp_path / "model", cfg)
+    bundle = load_bundle(out)
+    m = bundle.manifest
+    assert m.classifier.onnx_file == "classifier.onnx" and m.segmenter.onnx_file == "segmenter.onnx"
+    records = m.metrics["engines"]
+    labels = [r["label"] for r in records]
+    assert labels[0] == "torch fp32" and records[0]["kaggle_delta"] == 0.0
+    assert {"onnx fp32", "onnx int8"} <= set(labels) and len(set(labels)) == len(labels)
+    assert any("bf16" in label for label in labels) == cpu_has_bf16()
+    n_val = m.training["num_val_images"]
+    for r in records:
+        assert r["images"] == n_val and r["batch_size"] >= 1
+        assert r["keeps_score"] == (r["kaggle_delta"] >= -SCORE_TOLERANCE)
+        assert r["images_per_s"] > 0 and 0.0 <= r["kaggle"] <= 1.0
+    # the reference record is the predictor's view of the tuning images: the same score
+    assert records[0]["kaggle"] == pytest.approx(m.metrics["kaggle_score"], abs=1e-6)
+    int8_kept = any(r["keeps_score"] for r in records if r["options"].get("int8"))
+    assert (m.segmenter.onnx_int8_file is not None) == int8_kept
+    assert ((out / "segmenter.int8.onnx").is_file()) == int8_kept
+    assert set(m.training["step_seconds"]) == {"fit", "tune", "export"}
+    runnable = [
+        r for r in records
+        if r["keeps_score"] and runnable_here(bundle, r["engine"], r["options"]) is None
+    ]  # fmt: skip
+    best = max(runnable, key=lambda r: r["images_per_s"])
+    p = Predictor(out, device="cpu")
+    assert p.engine_label == best["label"] and p.batch_size == best["batch_size"]
+    assert p.engine_choice.options == {
+        **best["options"],
+        **({"device": "cpu"} if best["engine"] == "torch" else {}),
+    }
+
+
+def test_int8_is_dropped_where_it_loses_the_score(trained_bundle, tmp_path):
+    from steelscan.bundle import read_manifest
+    from steelscan.inference.export import drop_int8
+    from steelscan.training.measure import candidates, int8_keeps_score
+
+    records = [
+        {"options": {}, "keeps_score": True},
+        {"options": {"int8": True}, "keeps_score": False},
+    ]
+    assert not int8_keeps_score(records)
+    records[1]["keeps_score"] = True
+    assert int8_keeps_score(records)
+    labels = [c.label for c in candidates(int8=False, bf16=False)]
+    assert labels == ["torch fp32", "onnx fp32", "openvino fp32"]
+    assert len(candidates(int8=True, bf16=True)) == 8
+    # a bundle whose manifest names an int8 file loses both the name and the file
+    copy = tmp_path / "model"
+    shutil.copytree(trained_bundle, copy)
+    (copy / "segmenter.int8.onnx").write_bytes(b"int8")
+    m = read_manifest(copy)
+    m.segmenter.onnx_int8_file = "segmenter.int8.onnx"
+    (copy / "manifest.json").write_text(m.model_dump_json())
+    assert drop_int8(copy).segmenter.onnx_int8_file is None
+    assert read_manifest(copy).segmenter.onnx_int8_file is None
+    assert not (copy / "segmenter.int8.onnx").exists()
 
 
 def test_a_few_steps_on_real_severstal_images(severstal_dir, tmp_path):

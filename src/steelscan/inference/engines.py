@@ -100,7 +100,22 @@ class EngineChoice:
         return f"{self.engine} {precision}"
 
 
-# The manifest field where `steelscan train` records each engine's validation score and speed.
+# The manifest field where `steelscan train` records each engine's validation score and speed:
+# ``manifest.metrics["engines"]`` is a list with one dict per engine and precision measured,
+#
+#   {"engine": "openvino",                          a name make_engine knows
+#    "options": {"int8": true, "precision": "bf16"}, the engine's keyword arguments
+#    "label": "openvino int8+bf16",                 EngineChoice(engine, options).label
+#    "batch_size": 1,                                the batch size it was timed at
+#    "images": 32,                                   validation images scored (and timed)
+#    "kaggle": 0.97,                                 Kaggle score through the Predictor
+#    "kaggle_delta": -0.001,                         kaggle minus torch float32's on the same images
+#    "images_per_s": 15.5,                           end to end through Predictor.stream, warm-up
+#                                                    images left out (None when it failed)
+#    "keeps_score": true}                            kaggle_delta >= -SCORE_TOLERANCE
+#
+# plus "error" (a message) for an engine that could not run. Written by
+# steelscan.training.measure; read by choose_engine.
 ENGINE_RECORDS = "engines"
 SCORE_TOLERANCE = 0.005  # an engine "keeps the score" within this much Kaggle of fp32
 

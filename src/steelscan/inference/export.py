@@ -1,9 +1,10 @@
 """Export a trained bundle's two networks to ONNX (float32, and optionally int8) for fast inference.
 
-The export writes a *copy* of the bundle with the ONNX files added and their names recorded in the
-manifest (``StageSpec.onnx_file`` / ``onnx_int8_file``), so a bundle stays one self-describing
-directory: thresholds, classes and normalisation travel with the ONNX models, and ``--engine onnx``
-loads from the same place as ``--engine torch``. The source bundle is never modified.
+``steelscan export`` writes a *copy* of the bundle with the ONNX files added and their names
+recorded in the manifest (``StageSpec.onnx_file`` / ``onnx_int8_file``), so a bundle stays one
+self-describing directory: thresholds, classes and normalisation travel with the ONNX models, and
+``--engine onnx`` loads from the same place as ``--engine torch``; its source bundle is never
+modified. ``steelscan train`` exports into the bundle it is building (:func:`export_in_place`).
 
 Why these choices:
 
@@ -25,13 +26,13 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from steelscan.manifest import MANIFEST_NAME, ModelManifest
+from steelscan.manifest import ModelManifest
 
 if TYPE_CHECKING:
     import torch
@@ -184,19 +185,35 @@ def calibration_batches(
     limit: int = DEFAULT_CALIBRATION_IMAGES,
     seed: int = 0,
 ) -> list[np.ndarray]:
-    """Preprocessed (1, C, H, W) batches from real images of a steelscan dataset folder.
+    """Preprocessed (1, C, H, W) batches from real images of a steelscan dataset folder
+    (see :func:`record_batches`)."""
+    from steelscan.data import load_dataset
+
+    ds = load_dataset(data)
+    if not ds.records:
+        raise ExportError(f"{data}: the calibration dataset has no images")
+    return record_batches(ds.records, manifest, limit=limit, seed=seed)
+
+
+def record_batches(
+    records: Sequence[Any],
+    manifest: ModelManifest,
+    *,
+    limit: int = DEFAULT_CALIBRATION_IMAGES,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Preprocessed (1, C, H, W) batches of up to ``limit`` dataset records (training calibrates
+    on its own training images this way).
 
     Defective images come first (the segmenter only runs on images the gate passes), then clean
     ones, so a small ``limit`` still sees the activation ranges that matter.
     """
-    from steelscan.data import load_dataset
     from steelscan.imageio import read_image
     from steelscan.inference.preprocess import to_batch
 
-    ds = load_dataset(data)
-    records = list(ds.records)
+    records = list(records)
     if not records:
-        raise ExportError(f"{data}: the calibration dataset has no images")
+        raise ExportError("int8 calibration needs at least one image")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(records))
     records = [records[i] for i in order]
@@ -216,9 +233,11 @@ def _example_size(manifest: ModelManifest) -> tuple[int, int]:
 
 
 def _write_manifest(directory: Path, manifest: ModelManifest) -> None:
-    tmp = directory / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-    os.replace(tmp, directory / MANIFEST_NAME)
+    """Through the bundle's one manifest writer, so the sha256 of every named file (the ONNX
+    files included) is recorded beside them."""
+    from steelscan.bundle import write_manifest
+
+    write_manifest(directory, manifest)
 
 
 def export_bundle(
@@ -239,7 +258,7 @@ def export_bundle(
     stages in ``int8_stages`` also get an int8 model; the others run in float32 under the int8
     engine.
     """
-    from steelscan.bundle import load_bundle
+    from steelscan.bundle import read_manifest
 
     model_dir, out = Path(model_dir), Path(out)
     if not model_dir.is_dir():
@@ -257,11 +276,7 @@ def export_bundle(
                 f"{out}: already exists and is not empty (pass --overwrite to replace)"
             )
     say = progress or (lambda _msg: None)
-
-    bundle = load_bundle(model_dir)
-    manifest = bundle.manifest.model_copy(deep=True)
-    if bundle.classifier is None and bundle.segmenter is None:
-        raise ExportError(f"{model_dir}: the bundle has neither a classifier nor a segmenter")
+    manifest = read_manifest(model_dir)
     batches = None
     if int8:
         say(f"reading calibration images from {calibration}")
@@ -272,27 +287,7 @@ def export_bundle(
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         shutil.copytree(model_dir, staging, dirs_exist_ok=True)
-        h, w = _example_size(manifest)
-        for stage in STAGES:
-            module = getattr(bundle, stage)
-            spec = getattr(manifest, stage)
-            if module is None or spec is None:
-                continue
-            fp32_name, int8_name = f"{stage}.onnx", f"{stage}.int8.onnx"
-            say(f"exporting the {stage} to {fp32_name}")
-            export_module(
-                module, staging / fp32_name, in_channels=manifest.in_channels, height=h, width=w
-            )
-            spec.onnx_file = fp32_name
-            spec.onnx_int8_file = None
-            stale = staging / int8_name
-            if stale.exists():
-                stale.unlink()
-            if int8 and stage in int8_stages:
-                say(f"quantising the {stage} to int8 ({len(batches or [])} calibration images)")
-                quantize_int8(staging / fp32_name, staging / int8_name, batches or [])
-                spec.onnx_int8_file = int8_name
-        _write_manifest(staging, manifest)
+        export_in_place(staging, calibration=batches, int8_stages=int8_stages, progress=say)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -300,6 +295,71 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def export_in_place(
+    model_dir: str | Path,
+    *,
+    calibration: Sequence[np.ndarray] | None = None,
+    int8_stages: tuple[str, ...] = INT8_STAGES,
+    progress: Callable[[str], None] | None = None,
+) -> ModelManifest:
+    """Add ONNX files to bundle ``model_dir`` itself and name them in its manifest.
+
+    ``calibration``: preprocessed (1, C, H, W) batches (:func:`record_batches`); when given, the
+    stages in ``int8_stages`` also get an int8 model. ``steelscan train`` uses this on its
+    staged bundle (:func:`export_bundle` on a copy). The manifest is rewritten last, so a failure
+    leaves a bundle whose manifest names only files that exist. Returns the new manifest.
+    """
+    from steelscan.bundle import load_bundle
+
+    model_dir = Path(model_dir)
+    say = progress or (lambda _msg: None)
+    bundle = load_bundle(model_dir)
+    manifest = bundle.manifest.model_copy(deep=True)
+    if manifest.classifier is None and manifest.segmenter is None:
+        raise ExportError(f"{model_dir}: the bundle has neither a classifier nor a segmenter")
+    h, w = _example_size(manifest)
+    for stage in STAGES:
+        spec = getattr(manifest, stage)
+        if spec is None:
+            continue
+        module = getattr(bundle, stage)
+        fp32_name, int8_name = f"{stage}.onnx", f"{stage}.int8.onnx"
+        say(f"exporting the {stage} to {fp32_name}")
+        export_module(
+            module, model_dir / fp32_name, in_channels=manifest.in_channels, height=h, width=w
+        )
+        spec.onnx_file = fp32_name
+        spec.onnx_int8_file = None
+        stale = model_dir / int8_name
+        if stale.exists():
+            stale.unlink()
+        if calibration is not None and stage in int8_stages:
+            say(f"quantising the {stage} to int8 ({len(calibration)} calibration images)")
+            quantize_int8(model_dir / fp32_name, model_dir / int8_name, calibration)
+            spec.onnx_int8_file = int8_name
+    _write_manifest(model_dir, manifest)
+    return manifest
+
+
+def drop_int8(model_dir: str | Path) -> ModelManifest:
+    """Remove a bundle's int8 models (training does this where int8 lost the validation score),
+    manifest first, so it never names a missing file."""
+    from steelscan.bundle import read_manifest
+
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    names = []
+    for stage in STAGES:
+        spec = getattr(manifest, stage)
+        if spec is not None and spec.onnx_int8_file:
+            names.append(spec.onnx_int8_file)
+            spec.onnx_int8_file = None
+    _write_manifest(model_dir, manifest)
+    for name in names:
+        (model_dir / name).unlink(missing_ok=True)
+    return manifest
 
 
 def exported_file(root: Path, spec: Any, stage: str, *, int8: bool) -> Path | None:

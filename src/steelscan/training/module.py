@@ -17,6 +17,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, MultilabelAccuracy
 
+from steelscan.inference.postprocess import any_defect_probability
+
 CLASSIFIER_MONITOR = "val_gate_acc"
 SEGMENTER_MONITOR = "val_kaggle"
 
@@ -107,7 +109,8 @@ class ClassifierModule(L.LightningModule):
             sync_dist=True,
         )
         probs = torch.sigmoid(logits.float())
-        self.val_gate_acc.update(probs.max(dim=1).values, target.max(dim=1).values.int())
+        # the post-processor's "any defect" rule, so val_gate_acc is the gate inference runs
+        self.val_gate_acc.update(any_defect_probability(probs), target.amax(dim=1).int())
         self.log(self.monitor, self.val_gate_acc, prog_bar=True, batch_size=len(logits))
         if probs.shape[1] == target.shape[1]:
             self.val_class_acc.update(probs, target.int())
