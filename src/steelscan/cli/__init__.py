@@ -13,6 +13,7 @@ import typer
 
 from steelscan import __version__
 from steelscan.cli import (
+    batch_cmd,
     data_cmds,
     demo_cmd,
     evaluate_cmd,
@@ -55,6 +56,7 @@ for _module in (
     train_cmd,
     tune_cmd,
     predict_cmd,
+    batch_cmd,
     evaluate_cmd,
     demo_cmd,
     export_cmd,
