@@ -38,7 +38,15 @@ from steelscan.inference.journal import JOURNAL_DIR, RUN_FILE
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 ACTOR_TITLE = "ray::MapWorker(MapBatches(InferenceActor"
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+# The cluster, the driver and the tools get a HOME of their own: a token left in the user's
+# ~/.ray/auth_token (by `ray get-auth-token --generate`, say) makes nodes refuse each other.
+RAY_HOME = Path(tempfile.mkdtemp(prefix="steelscan-ray-home-"))
+ENV = {
+    **os.environ,
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PYTHONUNBUFFERED": "1",
+    "HOME": str(RAY_HOME),
+}
 ENV.pop("RAY_ADDRESS", None)
 COPIES = ("a", "b")  # each real image twice under two ids: a job long enough to interrupt
 
