@@ -164,11 +164,11 @@ def _actor_config(
 
 def _outputs(formats: tuple[str, ...], bundle: Any, resolved: Any, inputs: list[str]) -> Any:
     """What the run writes (``predict``'s outputs record); with coco its ids, notes printed."""
-    from steelscan.cli.predict_cmd import _Outputs
+    from steelscan.cli.predict_cmd import RunOutputs
     from steelscan.inference.distributed import is_uri
 
     if "coco" not in formats:
-        return _Outputs(formats, False)
+        return RunOutputs(formats, False)
     from steelscan.inference.coco_results import coco_ids
 
     manifest = bundle.manifest
@@ -177,7 +177,7 @@ def _outputs(formats: tuple[str, ...], bundle: Any, resolved: Any, inputs: list[
     ids = coco_ids(images, local, list(manifest.classes), list(manifest.class_ids))
     for note in ids.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-    return _Outputs(formats, False, ids)
+    return RunOutputs(formats, False, ids)
 
 
 def _journaled_run(
@@ -250,11 +250,11 @@ def _run(
     bundle: Any, config: Any, resolved: Any, journal: Any, out: Path, pool: Any, outputs: Any
 ) -> Any:
     """Inspect on Ray what the journal lacks, then assemble the outputs with predict's code."""
-    from steelscan.cli.predict_cmd import _assemble, _Summary
+    from steelscan.cli.predict_cmd import RunSummary, assemble_outputs
     from steelscan.inference.writers import output_files
 
     n = len(resolved.images)
-    summary = _Summary()
+    summary = RunSummary()
     if journal.finished:
         typer.echo(
             f"nothing to do: all {n} images were inspected by an earlier run of this command "
@@ -277,7 +277,7 @@ def _run(
     journal.sync()
     complete = all((out / name).is_file() for name in output_files(outputs.formats))
     write = not (journal.finished and complete)
-    _assemble(out, resolved, journal, summary, outputs if write else None)
+    assemble_outputs(out, resolved, journal, summary, outputs if write else None)
     if not journal.finished:
         journal.mark_finished()
     return summary

@@ -152,7 +152,7 @@ def _formats(text: str) -> tuple[str, ...]:
 
 
 @dataclass
-class _Outputs:
+class RunOutputs:
     """What a run writes: the ``--format`` names, overlays, and the COCO ids (with coco)."""
 
     formats: tuple[str, ...]
@@ -166,17 +166,17 @@ class _Outputs:
 
 def _outputs(
     formats: tuple[str, ...], overlays: bool, predictor: Any, resolved: Any, inputs: list[Path]
-) -> _Outputs:
+) -> RunOutputs:
     """The run's outputs; with coco its ids (a COCO dataset input's own ids), notes printed."""
     if "coco" not in formats:
-        return _Outputs(formats, overlays)
+        return RunOutputs(formats, overlays)
     from steelscan.inference.coco_results import coco_ids
 
     images = [(it.image_id, it.truth is not None) for it in resolved.images]
     ids = coco_ids(images, inputs, predictor.classes, predictor.class_ids)
     for note in ids.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-    return _Outputs(formats, overlays, ids)
+    return RunOutputs(formats, overlays, ids)
 
 
 def _journaled_run(
@@ -185,8 +185,8 @@ def _journaled_run(
     out: Path,
     args: dict[str, Any],
     restart: bool,
-    outputs: _Outputs,
-) -> _Summary:
+    outputs: RunOutputs,
+) -> RunSummary:
     """Open (or check) the journal in ``out``, run, assemble; a journal of another run is exit 2
     and Ctrl-C leaves a journal the same command continues."""
     from steelscan.cli.common import fail
@@ -245,7 +245,7 @@ def _open_journal(
 
 
 @dataclass
-class _Summary:
+class RunSummary:
     """What a run did, for the lines printed at its end: the counts are over every image of the
     run (resumed ones included, recounted from the journal), the speed over this process's."""
 
@@ -285,12 +285,12 @@ class _Summary:
         typer.echo(f"outputs in {out}")
 
 
-def _run(predictor: Any, resolved: Any, journal: Any, out: Path, outputs: _Outputs) -> _Summary:
+def _run(predictor: Any, resolved: Any, journal: Any, out: Path, outputs: RunOutputs) -> RunSummary:
     """Inspect what the journal does not hold yet, then assemble the outputs from it."""
     from steelscan.inference.writers import output_files
 
     n = len(resolved.images)
-    summary = _Summary()
+    summary = RunSummary()
     if journal.finished:
         typer.echo(
             f"nothing to do: all {n} images were inspected by an earlier run of this command "
@@ -313,14 +313,14 @@ def _run(predictor: Any, resolved: Any, journal: Any, out: Path, outputs: _Outpu
     journal.sync()
     complete = all((out / name).is_file() for name in output_files(outputs.formats))
     write = not (journal.finished and complete)
-    _assemble(out, resolved, journal, summary, outputs if write else None)
+    assemble_outputs(out, resolved, journal, summary, outputs if write else None)
     if not journal.finished:
         journal.mark_finished()
     return summary
 
 
 def _inspect(
-    predictor: Any, resolved: Any, journal: Any, out: Path, outputs: _Outputs, summary: _Summary
+    predictor: Any, resolved: Any, journal: Any, out: Path, outputs: RunOutputs, summary: RunSummary
 ) -> None:
     """Stream the inputs the journal lacks through the predictor, journaling each result.
 
@@ -369,8 +369,8 @@ def _inspect(
     bar.close()
 
 
-def _assemble(
-    out: Path, resolved: Any, journal: Any, summary: _Summary, outputs: _Outputs | None
+def assemble_outputs(
+    out: Path, resolved: Any, journal: Any, summary: RunSummary, outputs: RunOutputs | None
 ) -> None:
     """Write the final files from the journal, in input order, each renamed into place at the
     end (with ``outputs`` None only recount them: a finished run rerun writes nothing)."""
@@ -405,7 +405,7 @@ def _assemble(
         tables.commit()
 
 
-def _add(tables: Any, summary: _Summary, record: dict[str, Any]) -> None:
+def _add(tables: Any, summary: RunSummary, record: dict[str, Any]) -> None:
     if tables is not None:
         tables.add(record)
     summary.count(record)
