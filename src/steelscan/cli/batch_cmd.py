@@ -16,7 +16,6 @@ cannot start).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -77,52 +76,44 @@ def batch(
     again after a kill to continue (--restart starts over). Exit 0: every image inspected; 1:
     some failed (see errors.csv); 2: nothing ran.
     """
-    from steelscan.cli.common import engine_options, fail
+    from steelscan.cli.common import engine_options
+    from steelscan.cli.predict_cmd import check_options, print_notes, report_run, run_identity
     from steelscan.inference.distributed import (
-        BatchError,
         PoolOptions,
-        require_ray,
         resolve_batch_inputs,
     )
-    from steelscan.inference.writers import ERRORS, parse_formats
+
+    _require_ray()
+    wanted = check_options(gate, formats)
+    opts = engine_options(
+        engine, device=device, channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8
+    )
+    # the actors' GPUs: `auto` on this (driver) machine says nothing about theirs
+    opts["device"] = "cuda" if gpus_per_actor > 0 and device == "auto" else opts["device"]
+    bundle, config = _actor_config(model_dir, engine, opts, batch_size, gate, tta, cpus_per_actor)
+    resolved = resolve_batch_inputs(inputs)
+    print_notes(resolved.notes)
+    args = run_identity(
+        engine=engine, gate=gate, tta=tta, batch_size=batch_size, overlays=False,
+        channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8, device=device,
+        coco="coco" in wanted,
+    )  # fmt: skip
+    config.coco = "coco" in wanted
+    outputs = _outputs(wanted, bundle, resolved, inputs)
+    pool = PoolOptions(ray_address, actors, cpus_per_actor, gpus_per_actor)
+    summary = _journaled_run(bundle, config, resolved, out, args, restart, (pool, outputs))
+    report_run(summary, list(bundle.manifest.classes), out)
+
+
+def _require_ray() -> None:
+    """Exit 2 with the install line when the ``ray`` extra is missing."""
+    from steelscan.cli.common import fail
+    from steelscan.inference.distributed import BatchError, require_ray
 
     try:
         require_ray()
     except BatchError as exc:
         fail(str(exc))
-    if gate is not None and gate not in ("hard", "soft", "none"):
-        fail(f"--gate must be hard, soft or none, not {gate!r}")
-    try:
-        wanted = parse_formats(formats)
-    except ValueError as exc:
-        fail(str(exc))
-    opts = engine_options(
-        engine, device=device, channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8
-    )
-    if gpus_per_actor > 0 and device == "auto":
-        opts["device"] = "cuda"  # the actors' GPUs; `auto` on this (driver) machine means nothing
-    bundle, config = _actor_config(model_dir, engine, opts, batch_size, gate, tta, cpus_per_actor)
-    resolved = resolve_batch_inputs(inputs)
-    for note in resolved.notes:
-        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-    # The same identity as `steelscan predict` (where the work runs changes no output).
-    args = {"--engine": engine, "--gate": gate, "--tta": tta, "--batch-size": batch_size}
-    args.update({"--overlays": False, "--channels-last": channels_last, "--bf16": bf16})
-    args.update({"--fp16": fp16, "--int8": int8, "--device": device})
-    if "coco" in wanted:  # its records carry component scores: another journal
-        args["--format coco"] = True
-        config.coco = True
-    outputs = _outputs(wanted, bundle, resolved, inputs)
-    pool = PoolOptions(ray_address, actors, cpus_per_actor, gpus_per_actor)
-    summary = _journaled_run(bundle, config, resolved, out, args, restart, (pool, outputs))
-    summary.print(list(bundle.manifest.classes), out)
-    if summary.n_failed:
-        typer.secho(
-            f"{summary.n_failed} image(s) failed; see {out / ERRORS}",
-            fg=typer.colors.RED,
-            err=True,
-        )
-        raise typer.Exit(1)
 
 
 def _actor_config(
@@ -250,37 +241,15 @@ def _run(
     bundle: Any, config: Any, resolved: Any, journal: Any, out: Path, pool: Any, outputs: Any
 ) -> Any:
     """Inspect on Ray what the journal lacks, then assemble the outputs with predict's code."""
-    from steelscan.cli.predict_cmd import RunSummary, assemble_outputs
-    from steelscan.inference.writers import output_files
+    from steelscan.cli.predict_cmd import run_journaled
 
-    n = len(resolved.images)
-    summary = RunSummary()
-    if journal.finished:
-        typer.echo(
-            f"nothing to do: all {n} images were inspected by an earlier run of this command "
-            f"(journal in {journal.dir}; --restart starts over)",
-            err=True,
-        )
-    elif journal.done:
-        typer.echo(
-            f"resuming: {journal.done} of {n} images already inspected, {n - journal.done} to go "
-            f"(journal in {journal.dir})",
-            err=True,
-        )
-    if not journal.finished:
-        for image_id, why in resolved.missing:
-            typer.secho(f"error: {image_id}: {why}", fg=typer.colors.RED, err=True)
-    if journal.done < n:
-        start = time.perf_counter()
-        _inspect_on_ray(bundle, config, resolved, journal, pool, summary)
-        summary.seconds = time.perf_counter() - start
-    journal.sync()
-    complete = all((out / name).is_file() for name in output_files(outputs.formats))
-    write = not (journal.finished and complete)
-    assemble_outputs(out, resolved, journal, summary, outputs if write else None)
-    if not journal.finished:
-        journal.mark_finished()
-    return summary
+    return run_journaled(
+        resolved,
+        journal,
+        out,
+        outputs,
+        lambda summary: _inspect_on_ray(bundle, config, resolved, journal, pool, summary),
+    )
 
 
 def _inspect_on_ray(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,27 +79,59 @@ def predict(
     rest are written; failures are in errors.csv); 2: nothing ran (missing or broken model, input
     path not found, bad option, a journal of a different run in --out).
     """
-    from steelscan.cli.common import engine_options, fail
+    from steelscan.cli.common import engine_options
     from steelscan.inference.inputs import resolve_inputs
-    from steelscan.inference.writers import ERRORS
 
-    if gate is not None and gate not in ("hard", "soft", "none"):
-        fail(f"--gate must be hard, soft or none, not {gate!r}")
-    wanted = _formats(formats)
+    wanted = check_options(gate, formats)
     opts = engine_options(
         engine, device=device, channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8
     )
     predictor = _build_predictor(model_dir, engine, gate, tta, batch_size, opts)
     resolved = resolve_inputs(inputs)
-    for note in resolved.notes:
-        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
-    args = {"--engine": engine, "--gate": gate, "--tta": tta, "--batch-size": batch_size}
-    args.update({"--overlays": overlays, "--channels-last": channels_last, "--bf16": bf16})
-    args.update({"--fp16": fp16, "--int8": int8, "--device": device})
-    args.update({"--format coco": True} if "coco" in wanted else {})  # records carry scores
+    print_notes(resolved.notes)
+    args = run_identity(
+        engine=engine, gate=gate, tta=tta, batch_size=batch_size, overlays=overlays,
+        channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8, device=device,
+        coco="coco" in wanted,
+    )  # fmt: skip
     outputs = _outputs(wanted, overlays, predictor, resolved, inputs)
     summary = _journaled_run(predictor, resolved, out, args, restart, outputs)
-    summary.print(predictor.classes, out)
+    report_run(summary, predictor.classes, out)
+
+
+def check_options(gate: str | None, formats: str) -> tuple[str, ...]:
+    """The checks ``predict`` and ``batch`` make before loading anything: the gate mode and the
+    ``--format`` names (exit 2 on a bad one)."""
+    from steelscan.cli.common import fail
+
+    if gate is not None and gate not in ("hard", "soft", "none"):
+        fail(f"--gate must be hard, soft or none, not {gate!r}")
+    return _formats(formats)
+
+
+def print_notes(notes: list[str]) -> None:
+    for note in notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+
+
+def run_identity(**options: Any) -> dict[str, Any]:
+    """The options that change a run's outputs, as the journal identifies the run by them (one
+    list for ``predict`` and ``batch``: where the work runs changes no output)."""
+    o = options
+    args: dict[str, Any] = {"--engine": o["engine"], "--gate": o["gate"], "--tta": o["tta"]}
+    args.update({"--batch-size": o["batch_size"], "--overlays": o["overlays"]})
+    args.update({"--channels-last": o["channels_last"], "--bf16": o["bf16"], "--fp16": o["fp16"]})
+    args.update({"--int8": o["int8"], "--device": o["device"]})
+    if o["coco"]:  # its records carry component scores: another journal
+        args["--format coco"] = True
+    return args
+
+
+def report_run(summary: RunSummary, classes: list[str], out: Path) -> None:
+    """The lines at the end of a run; exit 1 when some image failed (the rest are written)."""
+    from steelscan.inference.writers import ERRORS
+
+    summary.print(classes, out)
     if summary.n_failed:
         typer.secho(
             f"{summary.n_failed} image(s) failed; see {out / ERRORS}",
@@ -287,6 +320,25 @@ class RunSummary:
 
 def _run(predictor: Any, resolved: Any, journal: Any, out: Path, outputs: RunOutputs) -> RunSummary:
     """Inspect what the journal does not hold yet, then assemble the outputs from it."""
+    return run_journaled(
+        resolved,
+        journal,
+        out,
+        outputs,
+        lambda summary: _inspect(predictor, resolved, journal, out, outputs, summary),
+    )
+
+
+def run_journaled(
+    resolved: Any,
+    journal: Any,
+    out: Path,
+    outputs: RunOutputs,
+    inspect: Callable[[RunSummary], None],
+) -> RunSummary:
+    """The journaled run shared by ``predict`` and ``batch``: say what is left, let ``inspect``
+    journal the missing results (locally or on Ray), then assemble the outputs from the
+    journal."""
     from steelscan.inference.writers import output_files
 
     n = len(resolved.images)
@@ -308,7 +360,7 @@ def _run(predictor: Any, resolved: Any, journal: Any, out: Path, outputs: RunOut
             typer.secho(f"error: {image_id}: {why}", fg=typer.colors.RED, err=True)
     if journal.done < n:
         start = time.perf_counter()
-        _inspect(predictor, resolved, journal, out, outputs, summary)
+        inspect(summary)
         summary.seconds = time.perf_counter() - start
     journal.sync()
     complete = all((out / name).is_file() for name in output_files(outputs.formats))
