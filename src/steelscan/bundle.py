@@ -209,6 +209,19 @@ def _check_model_matches(model: Any, spec: StageSpec, stage: str) -> None:
 # --------------------------------------------------------------------------- save
 
 
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Make the finished directory ``tmp`` the bundle ``out`` with renames only, so ``out`` always
+    holds a whole bundle: the old one until the swap, the new one after (training's publish
+    step and :func:`save_bundle` both end here)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def save_bundle(
     out_dir: str | os.PathLike,
     manifest: ModelManifest,
@@ -264,13 +277,7 @@ def save_bundle(
                 else:
                     _link_or_copy(str(entry), str(dest))
         write_manifest(tmp, manifest)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -471,19 +471,15 @@ def _shareable(directory: Path) -> None:
 def publish_bundle(staged: Path, out: Path) -> Path:
     """Move the finished bundle from its staging directory to ``out``, replacing an old bundle
     there; ``out`` only ever holds a whole bundle (the old one or the new one)."""
+    from steelscan.bundle import swap_into_place
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
     tmp = out.parent / f".{out.name}.tmp-{tag}"
     try:
         _move(staged, tmp)
         _shareable(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{tag}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
