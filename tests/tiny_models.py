@@ -62,3 +62,65 @@ def tiny_bundle(
     )
     man = severstal_manifest(classifier=spec_for(clf), segmenter=spec_for(seg), postprocess=pp)
     return save_bundle(path, man, clf, seg)
+
+
+NEU_CLASSES = [
+    "crazing",
+    "inclusion",
+    "patches",
+    "pitted_surface",
+    "rolled-in_scale",
+    "scratches",
+]
+TINY_DETECTOR_ENCODER = "mobilenetv3_small_050"
+
+
+def tiny_detector_bundle(
+    path: Path,
+    *,
+    with_classifier: bool = True,
+    with_segmenter: bool = False,
+    detector_state: dict | None = None,
+    seed: int = 0,
+) -> Path:
+    """An untrained (or ``detector_state``-loaded) NEU-shaped bundle with an FCOS detector:
+    6 classes, 200x200, optional gate and segmenter. Scores start near FCOS's prior (about
+    0.07), so with the default box threshold lowered to 0.05 an untrained detector still
+    yields boxes: enough for mechanics (engines, export, writers), not for skill."""
+    import torch
+
+    from steelscan.bundle import save_bundle
+    from steelscan.manifest import PostProcess
+    from steelscan.models.factory import (
+        create_classifier,
+        create_detector,
+        create_segmenter,
+        spec_for,
+    )
+
+    k = len(NEU_CLASSES)
+    torch.manual_seed(seed)
+    clf = create_classifier(TINY_CLASSIFIER, k) if with_classifier else None
+    seg = create_segmenter("resunet", None, k, filters=TINY_FILTERS) if with_segmenter else None
+    det = create_detector("fcos", TINY_DETECTOR_ENCODER, k, fpn_channels=32)
+    if detector_state is not None:
+        det.load_state_dict(detector_state)
+    pp = PostProcess(
+        gate_threshold=0.0,
+        class_thresholds=[0.0] * k,
+        pixel_thresholds=[0.5] * k,
+        min_areas=[0] * k,
+        min_component_areas=[0] * k,
+        box_score_threshold=0.05,
+    )
+    man = severstal_manifest(
+        classes=NEU_CLASSES,
+        class_ids=list(range(1, k + 1)),
+        image_height=200,
+        image_width=200,
+        classifier=spec_for(clf) if clf is not None else None,
+        segmenter=spec_for(seg) if seg is not None else None,
+        detector=spec_for(det),
+        postprocess=pp,
+    )
+    return save_bundle(path, man, clf, seg, det)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from steelscan.manifest import FORMAT_VERSION, MANIFEST_NAME, ModelManifest, StageSpec
 
-STAGES = ("classifier", "segmenter")
+STAGES = ("classifier", "segmenter", "detector")
 _SPEC_FIELDS = ("arch", "encoder", "num_outputs", "aux_head")
 
 
@@ -61,13 +61,18 @@ class LoadedBundle:
         classifier: Any = _UNLOADED,
         segmenter: Any = _UNLOADED,
         path: str | os.PathLike | None = None,
+        detector: Any = _UNLOADED,
         *,
         device: str = "cpu",
     ) -> None:
         self.manifest = manifest
         self.path = Path(path) if path is not None else Path(".")
         self.device = device
-        self._modules: dict[str, Any] = {"classifier": classifier, "segmenter": segmenter}
+        self._modules: dict[str, Any] = {
+            "classifier": classifier,
+            "segmenter": segmenter,
+            "detector": detector,
+        }
 
     def _stage(self, stage: str) -> Any:
         if self._modules[stage] is _UNLOADED:
@@ -82,10 +87,14 @@ class LoadedBundle:
     def segmenter(self) -> Any:  # torch.nn.Module | None
         return self._stage("segmenter")
 
+    @property
+    def detector(self) -> Any:  # torch.nn.Module | None
+        return self._stage("detector")
+
     def load_weights(self) -> LoadedBundle:
-        """Build both networks now (so a broken weights file fails at load, not mid-run)."""
-        self._stage("classifier")
-        self._stage("segmenter")
+        """Build every network now (so a broken weights file fails at load, not mid-run)."""
+        for stage in STAGES:
+            self._stage(stage)
         return self
 
 
@@ -227,6 +236,7 @@ def save_bundle(
     manifest: ModelManifest,
     classifier: Any = None,
     segmenter: Any = None,
+    detector: Any = None,
 ) -> Path:
     """Write ``manifest.json`` and the weights of the given models atomically; returns the dir.
 
@@ -242,7 +252,7 @@ def save_bundle(
             manifest = ModelManifest.model_validate(manifest)
         except ValidationError as exc:
             raise BundleError(f"invalid manifest for {out}: {_format_validation(exc)}") from exc
-    models = {"classifier": classifier, "segmenter": segmenter}
+    models = {"classifier": classifier, "segmenter": segmenter, "detector": detector}
     written: dict[str, Path] = {}
     for stage in STAGES:
         spec, model = getattr(manifest, stage), models[stage]
@@ -366,6 +376,7 @@ def _load_stage(bundle: Path, manifest: ModelManifest, stage: str, device: str) 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from steelscan.models.detector import DETECTOR_ARCHS, is_detector_arch
     from steelscan.models.factory import SEGMENTER_ARCHS, build_from_spec, is_segmenter_arch
 
     spec: StageSpec | None = getattr(manifest, stage)
@@ -374,7 +385,13 @@ def _load_stage(bundle: Path, manifest: ModelManifest, stage: str, device: str) 
     wpath = _weights_path(bundle, spec, stage)
     if not wpath.is_file():
         raise BundleError(f"{wpath} is missing (named by manifest.{stage}.weights_file)")
-    if is_segmenter_arch(spec.arch) != (stage == "segmenter"):
+    if is_detector_arch(spec.arch) != (stage == "detector"):
+        kind = "not a detector" if stage == "detector" else "a detector"
+        raise BundleError(
+            f"{bundle / MANIFEST_NAME}: manifest.{stage}.arch {spec.arch!r} is {kind} "
+            f"architecture (detectors: {', '.join(DETECTOR_ARCHS)})"
+        )
+    if stage != "detector" and is_segmenter_arch(spec.arch) != (stage == "segmenter"):
         kind = "a segmenter" if stage == "classifier" else "not a segmenter"
         raise BundleError(
             f"{bundle / MANIFEST_NAME}: manifest.{stage}.arch {spec.arch!r} is {kind} "

@@ -14,10 +14,13 @@ FORMAT_VERSION = 1
 
 
 class StageSpec(BaseModel):
-    """One network (the classifier gate or the segmenter) and where its weights are."""
+    """One network (the gate, the segmenter or the detector) and where its weights are."""
 
-    arch: str  # classifier: a timm name or "resnet50_classic"; segmenter: unet | fpn | resunet
-    encoder: str | None = None  # segmenter encoder (smp name, e.g. "mobilenet_v2", "tu-...")
+    # classifier: a timm name or "resnet50_classic"; segmenter: unet | fpn | resunet;
+    # detector: fcos
+    arch: str
+    # segmenter: smp encoder name (e.g. "mobilenet_v2", "tu-..."); detector: timm encoder name
+    encoder: str | None = None
     num_outputs: int  # classifier: K classes (or 1 for the classic defect/no-defect gate)
     aux_head: bool = False
     weights_file: str  # relative to the bundle directory, safetensors
@@ -42,6 +45,10 @@ class PostProcess(BaseModel):
     pixel_thresholds: list[float]  # mask probability threshold per class
     min_areas: list[int]  # a class mask smaller than this (pixels) is dropped
     min_component_areas: list[int]  # connected components smaller than this are removed
+    # the detector's boxes (inference/boxes.py): shown from this score, per-class NMS at this IoU
+    box_score_threshold: float = 0.3
+    box_nms_iou: float = 0.6
+    max_boxes: int = 100
 
 
 class ModelManifest(BaseModel):
@@ -60,6 +67,7 @@ class ModelManifest(BaseModel):
     pad_multiple: int = 32  # inputs are padded so both sides are a multiple of this
     classifier: StageSpec | None = None
     segmenter: StageSpec | None = None
+    detector: StageSpec | None = None
     postprocess: PostProcess
     training: dict[str, Any] = Field(default_factory=dict)  # config and data summary
     metrics: dict[str, Any] = Field(default_factory=dict)  # validation metrics

@@ -31,10 +31,15 @@ class Engine(Protocol):
     name: str
     has_classifier: bool
     has_segmenter: bool
+    has_detector: bool
 
     def classify(self, batch: np.ndarray) -> np.ndarray: ...
 
     def segment(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def detect(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``boxes`` (N, L, 4) in the batch's pixels and ``scores`` (N, L, K) per location."""
+        ...
 
 
 EngineFactory = Callable[..., Engine]
@@ -271,8 +276,10 @@ class TorchEngine:
         self.precision = "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
         self.classifier = self._prepare(bundle.classifier)
         self.segmenter = self._prepare(bundle.segmenter)
+        self.detector = self._prepare(bundle.detector)
         self.has_classifier = self.classifier is not None
         self.has_segmenter = self.segmenter is not None
+        self.has_detector = self.detector is not None
         self._torch = torch
 
     def _prepare(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
@@ -310,3 +317,20 @@ class TorchEngine:
 
     def segment(self, batch: np.ndarray) -> np.ndarray:
         return self._run(self.segmenter, batch, "segmenter")
+
+    def detect(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        if self.detector is None:
+            raise RuntimeError("this bundle has no detector")
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        half = torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
+        autocast = (
+            torch.autocast(device_type=self.device.split(":")[0], dtype=half)
+            if half is not None
+            else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            boxes, scores = self.detector(x)
+        return boxes.float().cpu().numpy(), scores.float().cpu().numpy()

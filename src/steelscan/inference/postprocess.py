@@ -30,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from steelscan.inference.boxes import DetectedBox, select_boxes
 from steelscan.inference.raw import RawPrediction
 from steelscan.inference.result import ClassResult, InspectionResult
 from steelscan.manifest import ModelManifest, PostProcess
@@ -160,6 +161,8 @@ class PostProcessor:
         *,
         has_classifier: bool = True,
         classic_gate: bool = False,
+        has_segmenter: bool = True,
+        has_detector: bool = False,
     ) -> None:
         if params.gate_mode not in GATE_MODES:
             raise ValueError(f"gate_mode must be hard, soft or none, got {params.gate_mode!r}")
@@ -170,6 +173,8 @@ class PostProcessor:
         self.class_names = list(class_names)
         self.has_classifier = has_classifier
         self.classic_gate = classic_gate
+        self.has_segmenter = has_segmenter
+        self.has_detector = has_detector
 
     @classmethod
     def for_manifest(
@@ -191,6 +196,8 @@ class PostProcessor:
             manifest.classes,
             has_classifier=spec is not None,
             classic_gate=bool(spec is not None and spec.num_outputs == 1),
+            has_segmenter=manifest.segmenter is not None,
+            has_detector=manifest.detector is not None,
         )
 
     def with_params(self, params: PostProcess) -> PostProcessor:
@@ -201,6 +208,8 @@ class PostProcessor:
             self.class_names,
             has_classifier=self.has_classifier,
             classic_gate=self.classic_gate,
+            has_segmenter=self.has_segmenter,
+            has_detector=self.has_detector,
         )
 
     @property
@@ -240,6 +249,27 @@ class PostProcessor:
         present, masks = apply(raw.class_probs, mask_probs, self.params)
         return np.asarray(present, dtype=bool), np.asarray(masks, dtype=np.uint8)
 
+    def detections(
+        self, raw: RawPrediction, height: int, width: int, score_threshold: float | None = None
+    ) -> list[DetectedBox]:
+        """Rule 3: the detector's boxes of one image, best first (none when the hard gate skips
+        it). ``score_threshold`` defaults to the tuned ``box_score_threshold``; evaluation asks
+        for every box down to :data:`~steelscan.inference.boxes.SCORE_FLOOR` (mAP needs them)."""
+        if raw.boxes is None or raw.box_scores is None:
+            return []
+        if self.skips(self.defect_probability(raw.class_probs)):
+            return []
+        p = self.params
+        return select_boxes(
+            raw.boxes,
+            raw.box_scores,
+            height,
+            width,
+            score_threshold=p.box_score_threshold if score_threshold is None else score_threshold,
+            nms_iou=p.box_nms_iou,
+            max_boxes=p.max_boxes,
+        )
+
     def finish(self, raw: RawPrediction, image_id: str) -> InspectionResult:
         """Every rule: a :class:`RawPrediction` becomes the :class:`InspectionResult` users see."""
         class_probs = np.asarray(raw.class_probs, dtype=np.float32)
@@ -247,9 +277,19 @@ class PostProcessor:
         k, h, w = mask_probs.shape
         mask_max = mask_probs.reshape(k, -1).max(axis=1) if h * w else np.zeros(k, np.float32)
         present, masks = self.masks(raw)
+        detections = self.detections(raw, h, w) if self.has_detector else None
         # A per-class probability only exists with a multi-label classifier; otherwise the most
         # confident pixel says how sure the segmenter is about that class.
         per_class = class_probs if self.has_classifier and not self.classic_gate else mask_max
+        if detections is not None and not self.has_segmenter:
+            # boxes only: a class is present when the detector keeps a box of it
+            present = np.zeros(k, dtype=bool)
+            box_max = np.zeros(k, np.float32)
+            for b in detections:
+                present[b.class_index] = True
+                box_max[b.class_index] = max(box_max[b.class_index], b.score)
+            if not self.has_classifier or self.classic_gate:
+                per_class = box_max
         classes = [
             ClassResult(
                 index=i,
@@ -269,4 +309,5 @@ class PostProcessor:
             width=w,
             defect_probability=self.defect_probability(class_probs, mask_probs),
             classes=classes,
+            detections=detections,
         )

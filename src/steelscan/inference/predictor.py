@@ -165,8 +165,17 @@ class Predictor:
         else:
             self.engine_choice = None
             self.engine = engine
-        if not self.engine.has_segmenter:
-            raise ValueError("the model bundle has no segmenter; it is needed to find defects")
+        self.has_detector = bool(getattr(self.engine, "has_detector", False))
+        if self.manifest.detector is not None and not self.has_detector:
+            raise ValueError(
+                f"the {self.engine.name} engine has no detector for this bundle (it has no "
+                "exported detector); run `steelscan export` or use --engine torch"
+            )
+        if not self.engine.has_segmenter and not self.has_detector:
+            raise ValueError(
+                "the model bundle has neither a segmenter nor a detector; one is needed to find "
+                "defects"
+            )
         self.postprocessor = PostProcessor.for_manifest(self.manifest, postprocess, gate_mode)
         self.tta = bool(tta)
         self.batch_size = max(1, int(batch_size or 4))
@@ -252,21 +261,35 @@ class Predictor:
         pp = self.postprocessor
         keep = [i for i in range(n) if not (skip_gated and pp.skips(pp.defect_probability(cls[i])))]
         masks: list[np.ndarray | None] = [None] * n
-        t_seg = 0.0
+        dets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        t_seg = t_det = 0.0
         if keep:
-            t0 = time.perf_counter()
             sub = batch if len(keep) == n else batch[keep]
-            for i, m in zip(keep, crop(self._segment(sub), [sizes[i] for i in keep]), strict=True):
-                masks[i] = m
-            t_seg = (time.perf_counter() - t0) * 1000 / len(keep)
+            if self.engine.has_segmenter:
+                t0 = time.perf_counter()
+                for i, m in zip(
+                    keep, crop(self._segment(sub), [sizes[i] for i in keep]), strict=True
+                ):
+                    masks[i] = m
+                t_seg = (time.perf_counter() - t0) * 1000 / len(keep)
+            if self.has_detector:
+                t0 = time.perf_counter()
+                boxes, scores = self.engine.detect(sub)
+                for j, i in enumerate(keep):
+                    dets[i] = (boxes[j].astype(np.float32), scores[j].astype(np.float32))
+                t_det = (time.perf_counter() - t0) * 1000 / len(keep)
         raws, times = [], []
         for i, (h, w) in enumerate(sizes):
             m = masks[i]
-            if m is None:  # skipped by the hard gate: nothing can be present
+            if m is None:  # skipped by the hard gate (or no segmenter): no pixel is a defect
                 m = np.zeros((k, h, w), dtype=np.float32)
-            raws.append(RawPrediction(class_probs=cls[i].copy(), mask_probs=m))
-            seg_ms = t_seg if masks[i] is not None else 0.0
-            times.append({"preprocess": t_pre, "classify": t_cls, "segment": seg_ms})
+            b, s = dets.get(i, (None, None))
+            raws.append(RawPrediction(cls[i].copy(), m, boxes=b, box_scores=s))
+            ran = i in keep
+            t = {"preprocess": t_pre, "classify": t_cls, "segment": t_seg if ran else 0.0}
+            if self.has_detector:
+                t["detect"] = t_det if ran else 0.0
+            times.append(t)
         return raws, times
 
     def _run_batch(self, items: list[_Decoded], skip_gated: bool) -> list[RawPrediction | None]:

@@ -13,7 +13,10 @@ import numpy as np
 
 @dataclass
 class RawPrediction:
-    """Per-class presence probabilities ``(K,)`` and mask probabilities ``(K, H, W)`` float32."""
+    """Per-class presence probabilities ``(K,)`` and mask probabilities ``(K, H, W)`` float32;
+    with a detector, its per-location ``boxes`` ``(L, 4)`` and ``box_scores`` ``(L, K)``."""
 
     class_probs: np.ndarray
     mask_probs: np.ndarray
+    boxes: np.ndarray | None = None
+    box_scores: np.ndarray | None = None

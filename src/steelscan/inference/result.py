@@ -57,6 +57,9 @@ class InspectionResult:
     # Set (with no classes) when this image could not be read or inspected, so one bad file in a
     # stream yields a result naming the problem instead of ending the stream.
     error: str | None = None
+    # The detector's boxes (steelscan.inference.boxes.DetectedBox), best first; None when the
+    # model has no detector.
+    detections: list[Any] | None = None
 
     @property
     def has_defect(self) -> bool:
@@ -72,6 +75,16 @@ class InspectionResult:
             "classes": [c.to_dict(include_rle=include_rle) for c in self.classes],
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
+        if self.detections is not None:
+            d["detections"] = [
+                {**b.to_dict(), **self._class_of(b.class_index)} for b in self.detections
+            ]
         if self.error is not None:
             d["error"] = self.error
         return d
+
+    def _class_of(self, index: int) -> dict[str, Any]:
+        if index < len(self.classes):
+            c = self.classes[index]
+            return {"class_id": c.class_id, "name": c.name}
+        return {}

@@ -1,4 +1,4 @@
-"""One factory for every network steelscan trains: classifier gates and segmenters.
+"""One factory for every network steelscan trains: classifier gates, segmenters and detectors.
 
 Classifiers (``create_classifier``): any timm model by name, giving multi-label logits (N, K), and
 ``"resnet50_classic"``, the course's one-output defect/no-defect gate (:mod:`.classic`).
@@ -9,9 +9,13 @@ Segmenters (``create_segmenter``): every segmentation_models_pytorch architectur
 :class:`SegmentationModel`, which pads any input to a multiple of 32 (smp requires it; ResUNet
 needs 16) and crops the logits back, so 256x1600, 200x200 and 128x800 all work.
 
-Every model returns LOGITS; the sigmoid is applied by the inference engines. Each model carries
-``num_outputs`` and ``steelscan_spec`` (a :class:`~steelscan.manifest.StageSpec` with no weights
-file content, see :func:`spec_for`) so training can store how to rebuild it, and
+Detectors (``create_detector``): ``"fcos"`` (torchvision's FCOS) on any timm encoder with a
+feature pyramid (:mod:`.detector`); they return decoded boxes and scores per location.
+
+Classifiers and segmenters return LOGITS; the sigmoid is applied by the inference engines.
+Each model carries ``num_outputs`` and ``steelscan_spec`` (a
+:class:`~steelscan.manifest.StageSpec` with no weights file content, see :func:`spec_for`) so
+training can store how to rebuild it, and
 :func:`build_from_spec` rebuilds it without downloading anything.
 """
 
@@ -31,6 +35,12 @@ from torch import nn
 from steelscan.imaging import PAD_MULTIPLE, pad_amount
 from steelscan.manifest import StageSpec
 from steelscan.models.classic import CLASSIC_ARCH, ClassicGate
+from steelscan.models.detector import (
+    DETECTOR_FILE,
+    DetectionModel,
+    build_detector,
+    is_detector_arch,
+)
 from steelscan.models.pretrained import (
     LoadReport,
     PretrainedWeightsError,
@@ -340,11 +350,55 @@ def create_segmenter(
     return model
 
 
+# --------------------------------------------------------------------------- detectors
+
+
+def create_detector(
+    arch: str,
+    encoder: str,
+    num_classes: int,
+    in_channels: int = 3,
+    encoder_weights: str | Path | None = None,
+    weights_sha256: str | None = None,
+    **opts: Any,
+) -> DetectionModel:
+    """A box detector (``arch`` "fcos") on the timm ``encoder``; see :mod:`.detector`.
+
+    ``encoder_weights`` loads into the encoder only (the pyramid and head start fresh), the same
+    rule as the segmenter's. ``opts``: ``fpn_channels`` (96), ``input_scale`` (1.0; above 1
+    upsamples), ``center_sampling_radius`` (1.5).
+    """
+    weights = _weights_args(encoder_weights, weights_sha256)
+    model = build_detector(arch, encoder, num_classes, in_channels, **opts)
+    report: LoadReport | None = None
+    if weights == "imagenet":
+        with imagenet_download(f"detector encoder {encoder!r}"):
+            ref = timm.create_model(
+                encoder, pretrained=True, features_only=True, in_chans=in_channels
+            )
+        model.encoder.load_state_dict(ref.state_dict(), strict=False)
+    elif isinstance(weights, Path):
+        report = load_local_weights(model.encoder, weights, weights_sha256)
+    model.steelscan_spec = StageSpec(
+        arch=arch.lower(),
+        encoder=encoder,
+        num_outputs=int(num_classes),
+        weights_file=DETECTOR_FILE,
+        options=opts,
+    )
+    model.weights_report = report
+    return model
+
+
 # --------------------------------------------------------------------------- rebuild
 
 
 def build_from_spec(spec: StageSpec, in_channels: int) -> nn.Module:
     """Rebuild a model's structure from its manifest entry, with no weights and no network."""
+    if is_detector_arch(spec.arch):
+        return create_detector(
+            spec.arch, spec.encoder or "", spec.num_outputs, in_channels, **spec.options
+        )
     if is_segmenter_arch(spec.arch):
         return create_segmenter(
             spec.arch,

@@ -59,7 +59,35 @@ class SegmenterConfig(_Strict):
     crop_height: int | None = Field(256, ge=32)  # None: train on full images
     crop_width: int | None = Field(512, ge=32)
     defect_crop_bias: float = Field(0.6, ge=0, le=1)  # probability a crop is centred on a defect
+    # The validation figure that picks the best epoch (and drives early stopping): the Kaggle
+    # score, or Dice on the pairs that have a defect. With mostly clean images and a gate in front,
+    # the Kaggle score rewards an empty model; Dice on defects is what the segmenter adds.
+    monitor: Literal["val_kaggle", "val_dice_nonempty"] = "val_kaggle"
     options: dict[str, Any] = Field(default_factory=dict)  # e.g. decoder_channels (smp / ResUNet)
+
+
+class DetectorConfig(_Strict):
+    """The box detector (torchvision FCOS on a timm encoder, :mod:`steelscan.models.detector`).
+
+    ``enabled`` "auto" trains it exactly when the dataset has boxes (VOC, COCO or YOLO boxes).
+    Training augments with box-aware flips, scale jitter and brightness/contrast
+    (albumentations); the best epoch is chosen by validation box mAP@0.5 (pycocotools).
+    """
+
+    enabled: bool | Literal["auto"] = "auto"
+    arch: Literal["fcos"] = "fcos"
+    encoder: str = "mobilenetv2_100"  # any timm encoder with features_only support
+    encoder_weights: str | None = None  # None | "imagenet" | a local weights path
+    weights_sha256: str | None = None
+    epochs: int = Field(24, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    # augmentation: probabilities of the flips, and the +- range of the scale jitter
+    hflip: float = Field(0.5, ge=0, le=1)
+    vflip: float = Field(0.5, ge=0, le=1)
+    scale_jitter: float = Field(0.2, ge=0, lt=1)
+    brightness_contrast: float = Field(0.5, ge=0, le=1)
+    options: dict[str, Any] = Field(default_factory=dict)  # fpn_channels, input_scale, ...
 
 
 class ExportConfig(_Strict):
@@ -86,6 +114,7 @@ class TrainConfig(_Strict):
     in_channels: Literal[1, 3] = 3
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
     optimizer: Literal["adam", "adamw", "radam"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
     scheduler: Literal["plateau", "cosine", "none"] = "plateau"

@@ -28,9 +28,12 @@ from steelscan.training.module import ClassifierModule, SegmenterModule
 
 log = logging.getLogger(__name__)
 
-# Share of the time budget given to the classifier when both stages train; 10% is kept for the
-# validation predictions and the tuning at the end.
-CLASSIFIER_TIME_SHARE = 0.3
+# Relative shares of the time budget per stage (normalised over the stages that train); 10% is
+# kept for the validation predictions and the tuning at the end.
+STAGE_WEIGHTS = {"classifier": 0.3, "segmenter": 0.7, "detector": 0.7}
+CLASSIFIER_TIME_SHARE = STAGE_WEIGHTS["classifier"] / (
+    STAGE_WEIGHTS["classifier"] + STAGE_WEIGHTS["segmenter"]
+)
 RESERVED_TIME_SHARE = 0.1
 
 
@@ -44,26 +47,20 @@ class StageResult:
     device: torch.device = torch.device("cpu")
 
 
-def stage_time_budgets(cfg: TrainConfig) -> tuple[float | None, float | None]:
-    """Minutes for (classifier, segmenter) out of ``max_minutes`` (None: no limit).
+def stage_minutes(cfg: TrainConfig, stage: str, stages: list[str], started: float) -> float | None:
+    """Minutes for ``stage`` out of what ``max_minutes`` has left (None: no limit).
 
-    The segmenter's share is recomputed after the classifier from what is actually left
-    (:func:`segmenter_minutes`).
+    ``stages`` are the stages that train, in order. Each stage gets its weight's share of the
+    time still left for it and the stages after it, so time one stage leaves unused goes to the
+    next ones.
     """
-    if cfg.max_minutes is None:
-        return None, None
-    usable = cfg.max_minutes * (1 - RESERVED_TIME_SHARE)
-    if cfg.classifier.enabled and cfg.segmenter.enabled:
-        return usable * CLASSIFIER_TIME_SHARE, usable * (1 - CLASSIFIER_TIME_SHARE)
-    return (usable, None) if cfg.classifier.enabled else (None, usable)
-
-
-def segmenter_minutes(cfg: TrainConfig, started: float) -> float | None:
-    """What the budget leaves the segmenter after the classifier ran (None: no budget)."""
     if cfg.max_minutes is None:
         return None
     used = (time.monotonic() - started) / 60
-    return max(0.05, cfg.max_minutes * (1 - RESERVED_TIME_SHARE) - used)
+    left = max(0.05, cfg.max_minutes * (1 - RESERVED_TIME_SHARE) - used)
+    rest = stages[stages.index(stage) :]
+    share = STAGE_WEIGHTS[stage] / sum(STAGE_WEIGHTS[s] for s in rest)
+    return max(0.05, left * share)
 
 
 def crop_for(

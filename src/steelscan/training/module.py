@@ -21,6 +21,7 @@ from steelscan.inference.postprocess import any_defect_probability
 
 CLASSIFIER_MONITOR = "val_gate_acc"
 SEGMENTER_MONITOR = "val_kaggle"
+SEGMENTER_MONITORS = ("val_kaggle", "val_dice_nonempty")
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,14 @@ class SegmenterModule(L.LightningModule):
         loss: nn.Module,
         opt: OptimSettings,
         aux_weight: float = 0.4,
+        monitor: str = SEGMENTER_MONITOR,
     ):
         super().__init__()
+        if monitor not in SEGMENTER_MONITORS:
+            raise ValueError(
+                f"segmenter monitor must be one of {SEGMENTER_MONITORS}, got {monitor!r}"
+            )
+        self.monitor = monitor
         self.model = model
         self.loss = loss
         self.aux_loss = nn.BCEWithLogitsLoss()
@@ -188,8 +195,8 @@ class SegmenterModule(L.LightningModule):
             nonempty = truth.flatten(1).any(1)
             if bool(nonempty.any()):
                 self.val_dice_nonempty.update(d[nonempty])
-        self.log(self.monitor, self.val_kaggle, prog_bar=True, batch_size=n)
-        self.log("val_dice_nonempty", self.val_dice_nonempty, batch_size=n)
+        self.log("val_kaggle", self.val_kaggle, prog_bar=True, batch_size=n)
+        self.log("val_dice_nonempty", self.val_dice_nonempty, prog_bar=True, batch_size=n)
 
     def configure_optimizers(self) -> Any:
         return configure(self, self.opt, self.monitor)

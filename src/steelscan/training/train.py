@@ -53,8 +53,7 @@ from steelscan.training.fit import (
     StageResult,
     crop_for,
     fit_stage,
-    segmenter_minutes,
-    stage_time_budgets,
+    stage_minutes,
 )
 from steelscan.training.module import ClassifierModule, OptimSettings, SegmenterModule
 
@@ -77,6 +76,11 @@ class Run:
     norm: Normalization
     show: bool
     started: float
+    stages: list[str]  # the stages that train, in order
+
+    def minutes(self, stage: str) -> float | None:
+        """This stage's time budget, from what the run has left (None: no budget)."""
+        return stage_minutes(self.cfg, stage, self.stages, self.started)
 
     def datamodule(
         self, batch_size: int, crop_hw: tuple[int, int] | None, defect_crop_bias: float
@@ -182,10 +186,6 @@ def prepare_run(data: str | Path, out: str | Path, cfg: TrainConfig, progress: b
     if not show:
         for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    if not cfg.classifier.enabled and not cfg.segmenter.enabled:
-        raise ConfigError(
-            "both classifier.enabled and segmenter.enabled are false: nothing to train"
-        )
     out = Path(out)
     _check_out(out)
     started = time.monotonic()
@@ -197,6 +197,7 @@ def prepare_run(data: str | Path, out: str | Path, cfg: TrainConfig, progress: b
     train_ids, val_ids = split_ids(ds, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if not train_ids or not val_ids:
         raise DataError(f"{data}: the split left an empty train or validation set")
+    stages = stages_to_train(cfg, ds)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:
@@ -213,7 +214,30 @@ def prepare_run(data: str | Path, out: str | Path, cfg: TrainConfig, progress: b
         norm=normalization_for(cfg.in_channels),
         show=show,
         started=started,
+        stages=stages,
     )
+
+
+def stages_to_train(cfg: TrainConfig, ds: Dataset) -> list[str]:
+    """The enabled stages in training order; the detector's "auto" means "the data has boxes"."""
+    det = cfg.detector.enabled
+    has_boxes = any(r.boxes for r in ds.records)
+    if det is True and not has_boxes:
+        raise ConfigError(
+            "detector.enabled is true but the dataset has no boxes (use VOC, COCO or YOLO boxes)"
+        )
+    wanted = {
+        "classifier": cfg.classifier.enabled,
+        "segmenter": cfg.segmenter.enabled,
+        "detector": det is True or (det == "auto" and has_boxes),
+    }
+    stages = [s for s in ("classifier", "segmenter", "detector") if wanted[s]]
+    if not stages:
+        raise ConfigError(
+            "classifier.enabled and segmenter.enabled are false and there is no detector to "
+            "train: nothing to train"
+        )
+    return stages
 
 
 # --------------------------------------------------------------------------- 2. gate
@@ -243,7 +267,7 @@ def fit_gate(run: Run) -> StageResult | None:
         cfg,
         run.run_dir,
         epochs=c.epochs,
-        max_minutes=stage_time_budgets(cfg)[0],
+        max_minutes=run.minutes("classifier"),
         progress=run.show,
     )
 
@@ -271,12 +295,14 @@ def fit_segmenter(run: Run) -> tuple[StageResult | None, tuple[int, int] | None]
     opt = OptimSettings(cfg.optimizer, s.lr, cfg.weight_decay, cfg.scheduler, s.epochs)
     result = fit_stage(
         "segmenter",
-        SegmenterModule(model, create_loss(s.loss, pos_weight=s.pos_weight), opt, s.aux_weight),
+        SegmenterModule(
+            model, create_loss(s.loss, pos_weight=s.pos_weight), opt, s.aux_weight, s.monitor
+        ),
         run.datamodule(s.batch_size, crop_hw, s.defect_crop_bias),
         cfg,
         run.run_dir,
         epochs=s.epochs,
-        max_minutes=segmenter_minutes(cfg, run.started),
+        max_minutes=run.minutes("segmenter"),
         progress=run.show,
     )
     return result, crop_hw
