@@ -75,12 +75,20 @@ def test_bad_config_keys_and_values_are_named(tmp_path):
 def test_trainer_gets_time_budget_precision_and_accumulation(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 
-    from steelscan.training.fit import build_trainer, stage_time_budgets
+    import time
+
+    from steelscan.training.fit import build_trainer, stage_minutes
 
     cfg = _tiny(tmp_path, max_minutes=10, accumulate_grad_batches=3)
-    clf_min, seg_min = stage_time_budgets(cfg)
-    assert clf_min + seg_min == pytest.approx(9.0)  # 10% kept for validation + tuning
-    assert clf_min < seg_min
+    now = time.monotonic()
+    clf_min = stage_minutes(cfg, "classifier", ["classifier", "segmenter"], now)
+    seg_min = stage_minutes(cfg, "segmenter", ["classifier", "segmenter"], now)
+    assert clf_min + 0.7 / 0.3 * clf_min == pytest.approx(9.0, rel=1e-3)  # 10% kept for tuning
+    assert seg_min == pytest.approx(9.0, rel=1e-3)  # the last stage gets all that is left
+    three = ["classifier", "segmenter", "detector"]
+    assert stage_minutes(cfg, "classifier", three, now) == pytest.approx(9.0 * 0.3 / 1.7, rel=1e-3)
+    # time the classifier leaves unused goes to the stages after it
+    assert stage_minutes(cfg, "segmenter", three, now - 60) == pytest.approx(8.0 * 0.5, rel=1e-3)
     trainer = build_trainer(
         cfg, tmp_path / "s", epochs=5, monitor="val_kaggle", max_minutes=seg_min, progress=False
     )
