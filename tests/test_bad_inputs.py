@@ -1115,7 +1115,7 @@ BUNDLE_CASES = [
     BundleCase(
         "manifest describing no network",
         _edit_manifest(lambda d: d.update(classifier=None, segmenter=None)),
-        ("{b}/manifest.json describes no classifier and no segmenter",),
+        ("{b}/manifest.json describes no classifier, no segmenter and no detector",),
     ),
     BundleCase(
         "unknown classifier architecture",

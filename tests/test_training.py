@@ -73,9 +73,9 @@ def test_bad_config_keys_and_values_are_named(tmp_path):
 
 
 def test_trainer_gets_time_budget_precision_and_accumulation(tmp_path):
-    from lightning.pytorch.callbacks import ModelCheckpoint, Timer
-
     import time
+
+    from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 
     from steelscan.training.fit import build_trainer, stage_minutes
 

@@ -432,8 +432,10 @@ def load_bundle(
     manifest = read_manifest(path)
     p = Path(path)
     bundle = p.parent if p.is_file() else p
-    if manifest.classifier is None and manifest.segmenter is None:
-        raise BundleError(f"{bundle / MANIFEST_NAME} describes no classifier and no segmenter")
+    if all(getattr(manifest, stage) is None for stage in STAGES):
+        raise BundleError(
+            f"{bundle / MANIFEST_NAME} describes no classifier, no segmenter and no detector"
+        )
     for stage in STAGES:
         spec = getattr(manifest, stage)
         if spec is not None:

@@ -12,7 +12,10 @@ def export(
     out: Path = typer.Option(..., "--out", help="Folder for the exported copy of the bundle."),
     fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     int8: bool = typer.Option(
-        False, "--int8", help="Also write int8 models (static quantisation; needs --calibration)."
+        False,
+        "--int8",
+        help="Also write int8 models (static quantisation; needs --calibration). A detector's "
+        "is kept only where it agrees with float32 on the calibration images.",
     ),
     calibration: Path | None = typer.Option(
         None,
@@ -24,9 +27,10 @@ def export(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
-    """Export both stages to ONNX into a copy of the bundle; load it with `--engine onnx`."""
+    """Export every stage (gate, segmenter, detector) to ONNX into a copy of the bundle; load it
+    with `--engine onnx`."""
     from steelscan.cli.common import fail
-    from steelscan.inference.export import ExportError, export_bundle
+    from steelscan.inference.export import STAGES, ExportError, export_bundle
 
     if fmt.lower() != "onnx":
         fail(f"--format {fmt!r} is not supported; the only format is onnx")
@@ -56,7 +60,7 @@ def export(
 
     manifest = read_manifest(path)
     typer.echo(f"exported to {path}")
-    for stage in ("classifier", "segmenter"):
+    for stage in STAGES:
         spec = getattr(manifest, stage)
         if spec is not None:
             files = ", ".join(f for f in (spec.onnx_file, spec.onnx_int8_file) if f)

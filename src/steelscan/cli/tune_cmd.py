@@ -21,16 +21,31 @@ def tune(
     ),
 ) -> None:
     """Tune classifier thresholds, pixel thresholds and minimum areas to maximise the Kaggle
-    score on validation; write them into the bundle and print the score before and after."""
+    score on validation (with a segmenter), and a detector's NMS IoU and box cap by box mAP@0.5
+    and its score threshold by box F1; write them into the bundle and print the scores."""
+    from steelscan.bundle import read_manifest
     from steelscan.evaluation.evaluate import tune as run_tune
 
     before, after, pp, used = run_tune(model_dir, data, split=split, gate_mode=gate)
-    typer.echo(f"Kaggle score on {used}: before {before:.4f} -> after {after:.4f}")
+    manifest = read_manifest(model_dir)
+    if manifest.segmenter is not None:
+        typer.echo(f"Kaggle score on {used}: before {before:.4f} -> after {after:.4f}")
     typer.echo(f"  gate mode          {pp.gate_mode} (gate threshold {pp.gate_threshold:.3f})")
-    typer.echo(f"  class thresholds   {[round(x, 3) for x in pp.class_thresholds]}")
-    typer.echo(f"  pixel thresholds   {[round(x, 3) for x in pp.pixel_thresholds]}")
-    typer.echo(f"  min areas          {pp.min_areas}")
-    typer.echo(f"  min component area {pp.min_component_areas}")
+    if manifest.segmenter is not None:
+        typer.echo(f"  class thresholds   {[round(x, 3) for x in pp.class_thresholds]}")
+        typer.echo(f"  pixel thresholds   {[round(x, 3) for x in pp.pixel_thresholds]}")
+        typer.echo(f"  min areas          {pp.min_areas}")
+        typer.echo(f"  min component area {pp.min_component_areas}")
+    if manifest.detector is not None:
+        m = manifest.metrics
+        typer.echo(
+            f"box mAP@0.5 on {used}: before {m['tuned_box_map50_before']:.4f} -> after "
+            f"{m['tuned_box_map50_after']:.4f}; F1@0.5 of the shown boxes "
+            f"{m['tuned_box_f1_before']:.4f} -> {m['tuned_box_f1_after']:.4f}"
+        )
+        typer.echo(f"  box score threshold {pp.box_score_threshold:.2f}")
+        typer.echo(f"  box NMS IoU         {pp.box_nms_iou:.2f}")
+        typer.echo(f"  max boxes           {pp.max_boxes}")
     typer.echo(f"written to {model_dir}")
 
 

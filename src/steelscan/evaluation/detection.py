@@ -120,3 +120,92 @@ def box_map(
         "per_class": per_class,
         "library": "pycocotools COCOeval (bbox)",
     }
+
+
+# --------------------------------------------------------------------------- matches and F1
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of (N, 4) against (M, 4) corner boxes, exclusive ends (COCO's bbox IoU)."""
+    ix = np.clip(
+        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[:, 0]), 0, None
+    )
+    iy = np.clip(
+        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[:, 1]), 0, None
+    )
+    inter = ix * iy
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def match_boxes(
+    truths: Sequence[Sequence[Box]],
+    detections: Sequence[Sequence[DetectedBox]],
+    iou_threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Greedy matching by score, per image and class: ``(scores, matched, truth count)``.
+
+    Each detection, best score first, takes the unmatched truth box of its class with the highest
+    IoU if that reaches ``iou_threshold`` (COCOeval's rule at one IoU). A detection's outcome
+    never depends on lower-scored ones, so the matches of the boxes at or above any score
+    threshold are these same flags: one matching serves every threshold.
+    """
+    if len(truths) != len(detections):
+        raise ValueError("truths and detections must have one entry per image")
+    scores: list[float] = []
+    matched: list[bool] = []
+    n_truth = 0
+    for gts, dets in zip(truths, detections, strict=True):
+        n_truth += len(gts)
+        g = np.array([[b.x1, b.y1, b.x2, b.y2] for b in gts], float).reshape(-1, 4)
+        g_cls = np.array([b.class_index for b in gts], int)
+        used = np.zeros(len(gts), bool)
+        for d in sorted(dets, key=lambda d: -d.score):
+            scores.append(d.score)
+            cand = np.flatnonzero((g_cls == d.class_index) & ~used)
+            hit = False
+            if cand.size:
+                ious = _iou_matrix(np.array([[d.x1, d.y1, d.x2, d.y2]], float), g[cand])[0]
+                best = int(np.argmax(ious))
+                if ious[best] >= iou_threshold:
+                    used[cand[best]] = hit = True
+            matched.append(hit)
+    return np.asarray(scores, float), np.asarray(matched, bool), n_truth
+
+
+def f1_at_thresholds(
+    scores: np.ndarray, matched: np.ndarray, n_truth: int, thresholds: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 of the boxes scoring at least each threshold (from
+    :func:`match_boxes`). No truth and no box is a perfect 1.0; the arrays follow ``thresholds``."""
+    t = np.asarray(thresholds, float)
+    keep = scores[None, :] >= t[:, None]
+    tp = (keep & matched[None, :]).sum(1).astype(float)
+    n_det = keep.sum(1).astype(float)
+    fp, fn = n_det - tp, n_truth - tp
+    denom = 2 * tp + fp + fn
+    return {
+        "precision": np.where(n_det > 0, tp / np.maximum(n_det, 1), 1.0 if n_truth == 0 else 0.0),
+        "recall": np.where(n_truth > 0, tp / max(n_truth, 1), 1.0),
+        "f1": np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0),
+        "tp": tp.astype(int),
+        "fp": fp.astype(int),
+        "fn": fn.astype(int),
+    }
+
+
+def box_f1(
+    truths: Sequence[Sequence[Box]],
+    detections: Sequence[Sequence[DetectedBox]],
+    score_threshold: float,
+    iou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Precision, recall and F1 at IoU ``iou_threshold`` of the boxes shown to users (those
+    scoring at least ``score_threshold``): the figures the score threshold is tuned for."""
+    scores, matched, n_truth = match_boxes(truths, detections, iou_threshold)
+    r = f1_at_thresholds(scores, matched, n_truth, [score_threshold])
+    out: dict[str, Any] = {k: v[0].item() for k, v in r.items()}
+    out.update(score_threshold=float(score_threshold), iou_threshold=float(iou_threshold))
+    return out

@@ -39,7 +39,12 @@ class Sample:
 
 @dataclass
 class TuneOutcome:
-    """What tuning found, and the predictions it was found on (training reuses them)."""
+    """What tuning found, and the predictions it was found on (training reuses them).
+
+    ``before``/``after`` are the headline score named by ``score``: the Kaggle score where the
+    bundle has a segmenter, box mAP@0.5 (at the score floor, COCOeval) for a detector-only one.
+    ``boxes`` holds the box tuning's own figures (:meth:`BoxTuning.to_dict`) with a detector.
+    """
 
     postprocess: Any  # PostProcess
     before: float
@@ -47,6 +52,8 @@ class TuneOutcome:
     raws: list[Any]
     truths: list[np.ndarray]
     records: list[AnnotatedImage]
+    score: str = "kaggle"  # or "box_map50"
+    boxes: dict[str, Any] | None = None
 
 
 def check_compatible(ds: Dataset, manifest: ModelManifest) -> None:
@@ -176,17 +183,26 @@ def _make_predictor(model: Any, engine: str, gate_mode: str | None, **engine_opt
 
 
 class _Tally:
-    """Everything evaluation adds up over the images, one :class:`Sample` at a time."""
+    """Everything evaluation adds up over the images, one :class:`Sample` at a time.
 
-    def __init__(self, manifest: ModelManifest, records: list[AnnotatedImage], boxes: bool):
+    Masks are scored only with a segmenter (a detector-only bundle's masks are empty by
+    construction); boxes come from the detector where there is one (kept down to the score
+    floor, as COCO's AP needs), else from the mask components on box datasets."""
+
+    def __init__(
+        self, manifest: ModelManifest, records: list[AnnotatedImage], pp: Any, boxes: bool
+    ):
         from steelscan.evaluation.metrics import DiceAccumulator
         from steelscan.evaluation.overlap import OverlapAccumulator
 
         self.k = manifest.num_classes
+        self.pp = pp  # the predictor's PostProcessor
+        self.segments = manifest.segmenter is not None
+        self.detects = manifest.detector is not None
         self.dice = DiceAccumulator(manifest.class_ids, manifest.classes)
         self.overlap = OverlapAccumulator(manifest.classes)
         self.one_label = single_label(records)
-        self.boxes = boxes
+        self.boxes = boxes and self.segments and not self.detects
         self.y_any: list[int] = []
         self.p_any: list[float] = []
         self.y_cls: list[np.ndarray] = []
@@ -194,11 +210,12 @@ class _Tally:
         self.top1: list[bool] = []
         self.pred_boxes: list[list] = []
         self.gt_boxes: list[list] = []
+        self.detections: list[list] = []
+        self.sizes: list[tuple[int, int]] = []
         self.per_image: list[dict[str, Any]] = []
 
-    def add(self, s: Sample) -> None:
+    def _add_masks(self, s: Sample, row: dict[str, Any]) -> None:
         from steelscan.evaluation.overlap import mask_areas
-        from steelscan.inference.postprocess import component_boxes
 
         pred = np.stack([c.mask for c in s.result.classes])
         pa, ta, inter = mask_areas(pred, s.record.masks())
@@ -206,13 +223,37 @@ class _Tally:
             self.dice.add_areas(i, int(pa[i]), int(ta[i]), int(inter[i])) for i in range(self.k)
         ]
         self.overlap.add_areas(pa, ta, inter)
-        self.per_image.append(
-            {
-                "image_id": s.record.image_id,
-                "defect_probability": s.result.defect_probability,
-                "dice": [round(float(d), 6) for d in dices],
-            }
-        )
+        row["dice"] = [round(float(d), 6) for d in dices]
+
+    def _add_boxes(self, s: Sample, row: dict[str, Any]) -> None:
+        from steelscan.inference.boxes import SCORE_FLOOR
+        from steelscan.inference.postprocess import component_boxes
+
+        self.gt_boxes.append(list(s.record.boxes))
+        if self.detects:
+            h, w = s.result.height, s.result.width
+            found = self.pp.detections(s.raw, h, w, score_threshold=SCORE_FLOOR)
+            self.detections.append(found)
+            self.sizes.append((h, w))
+            row["detections"] = len(s.result.detections or [])  # the boxes users are shown
+            return
+        found = []
+        for c in s.result.classes:
+            if c.present:
+                probs = s.raw.mask_probs[c.index]
+                found += [(c.index, *b) for b in component_boxes(c.mask, probs)]
+        self.pred_boxes.append(found)
+
+    def add(self, s: Sample) -> None:
+        row: dict[str, Any] = {
+            "image_id": s.record.image_id,
+            "defect_probability": s.result.defect_probability,
+        }
+        if self.segments:
+            self._add_masks(s, row)
+        if self.boxes or self.detects:
+            self._add_boxes(s, row)
+        self.per_image.append(row)
         cp = np.asarray(s.raw.class_probs, dtype=float).reshape(-1)[: self.k]
         self.y_any.append(int(s.record.defective))
         self.p_any.append(s.result.defect_probability)
@@ -220,14 +261,6 @@ class _Tally:
         self.p_cls.append(cp)
         if self.one_label:
             self.top1.append(int(np.argmax(cp)) == int(np.argmax(s.record.present)))
-        if self.boxes:
-            found = []
-            for c in s.result.classes:
-                if c.present:
-                    probs = s.raw.mask_probs[c.index]
-                    found += [(c.index, *b) for b in component_boxes(c.mask, probs)]
-            self.pred_boxes.append(found)
-            self.gt_boxes.append(list(s.record.boxes))
 
     def gate(self, manifest: ModelManifest, pp: Any) -> dict[str, Any] | None:
         from steelscan.evaluation.report import compute_gate_metrics
@@ -248,6 +281,44 @@ class _Tally:
             gate["top1_accuracy"] = float(np.mean(self.top1))
         return gate
 
+    def segmentation(self, has_masks: bool) -> dict[str, Any] | None:
+        """The Kaggle/Dice figures, or None for a detector-only bundle (no masks to score)."""
+        if not self.segments:
+            return None
+        seg = self.dice.report().to_dict()
+        if has_masks:
+            seg["overlap"] = self.overlap.report()
+        return seg
+
+    def component_boxes(self) -> dict[str, Any] | None:
+        """Segmenter-only bundles on box data: mAP@0.5 of the mask components' boxes."""
+        from steelscan.evaluation.metrics import box_map50
+
+        if not self.boxes:
+            return None
+        out = box_map50(self.pred_boxes, self.gt_boxes, self.k)
+        out["method"] = COMPONENT_BASED
+        return out
+
+    def detection(self, classes: list[str]) -> dict[str, Any] | None:
+        """The detector's COCO box mAP (boxes down to the score floor) and the F1 of the boxes
+        shown at the bundle's ``box_score_threshold``."""
+        from steelscan.evaluation.detection import box_f1, box_map
+        from steelscan.inference.boxes import SCORE_FLOOR
+
+        if not self.detects:
+            return None
+        out = box_map(self.gt_boxes, self.detections, self.sizes, classes)
+        out["method"] = "detector"
+        out["score_floor"] = SCORE_FLOOR
+        shown = self.pp.params.box_score_threshold
+        out["at_score_threshold"] = box_f1(self.gt_boxes, self.detections, shown)
+        return out
+
+
+#: How the metrics, the CLI and the report name the mask-component box figure.
+COMPONENT_BASED = "component-based"
+
 
 def evaluate(
     model: Any,
@@ -261,28 +332,31 @@ def evaluate(
     **engine_opts: Any,
 ) -> dict[str, Any]:
     """Score a bundle (a path, a loaded bundle or a predictor) on a dataset and write the report
-    into ``out``; returns the metrics (``split`` says which images were scored)."""
-    from steelscan.evaluation.metrics import box_map50
+    into ``out``; returns the metrics (``split`` says which images were scored).
+
+    ``segmentation`` is None without a segmenter; ``detection`` (COCOeval box mAP) is there with
+    a detector, ``boxes`` (the component-based box mAP, ``method`` says so) only for a
+    segmenter-only bundle on box data."""
     from steelscan.evaluation.report import write_evaluation_report
 
     predictor = _make_predictor(model, engine, gate_mode, **engine_opts)
     manifest = predictor.manifest
     used = resolve_split(data, manifest, split)
     ds, records = split_records(data, manifest, used)
-    tally = _Tally(manifest, records, boxes=not ds.has_masks)
+    tally = _Tally(manifest, records, predictor.postprocessor, boxes=not ds.has_masks)
     for s in iter_samples(predictor, records, progress=progress):
         tally.add(s)
-    seg = tally.dice.report().to_dict()
-    if ds.has_masks:
-        seg["overlap"] = tally.overlap.report()
+    seg = tally.segmentation(ds.has_masks)
     gate = tally.gate(manifest, predictor.postprocess)
-    boxes = box_map50(tally.pred_boxes, tally.gt_boxes, tally.k) if tally.boxes else None
+    boxes = tally.component_boxes()
+    detection = tally.detection(list(manifest.classes))
     report = write_evaluation_report(
         out,
         class_names=manifest.classes,
         gate=gate,
         seg=seg,
         boxes=boxes,
+        detection=detection,
         title=f"steelscan evaluation: {manifest.name} on {Path(ds.root).name} ({used}, "
         f"{len(records)} images, engine {predictor.engine_label})",
     )
@@ -294,6 +368,7 @@ def evaluate(
         "segmentation": seg,
         "gate": gate,
         "boxes": boxes,
+        "detection": detection,
         "per_image": tally.per_image,
     }
 
@@ -303,9 +378,11 @@ def tune_on(predictor: Any, records: list[AnnotatedImage], *, progress: bool = T
 
     Starting from the defaults (not from what the bundle holds) makes tuning a function of the
     model and the data only: the tuning at the end of ``steelscan train`` and a later
-    ``steelscan tune`` on the same images find the same settings.
+    ``steelscan tune`` on the same images find the same settings. With a segmenter the masks
+    (and the gate) are tuned by the Kaggle score; with a detector its boxes are tuned after them
+    (:func:`~steelscan.evaluation.tuning.tune_boxes`), the gate too when no segmenter uses it.
     """
-    from steelscan.evaluation.tuning import tune_postprocess
+    from steelscan.evaluation.tuning import tune_boxes, tune_postprocess
     from steelscan.inference.postprocess import default_postprocess
 
     raws, truths = [], []
@@ -313,8 +390,27 @@ def tune_on(predictor: Any, records: list[AnnotatedImage], *, progress: bool = T
         raws.append(s.raw)
         truths.append(s.record.masks())
     base = default_postprocess(predictor.num_classes, predictor.postprocess.gate_mode)
-    tuned, before, after = tune_postprocess(raws, truths, base, progress=progress)
-    return TuneOutcome(tuned, before, after, raws, truths, records)
+    manifest = predictor.manifest
+    if manifest.segmenter is not None:
+        tuned, before, after = tune_postprocess(raws, truths, base, progress=progress)
+    else:  # nothing to threshold in empty masks; the base's gate is tuned by boxes below
+        tuned, before, after = base, float("nan"), float("nan")
+    if manifest.detector is None:
+        return TuneOutcome(tuned, before, after, raws, truths, records)
+    found = tune_boxes(
+        raws,
+        [list(r.boxes) for r in records],
+        predictor.postprocessor.with_params(tuned),
+        tune_gate=manifest.segmenter is None,
+        progress=progress,
+    )
+    boxes = found.to_dict()
+    if manifest.segmenter is None:
+        before, after = found.map50_before, found.map50_after
+        return TuneOutcome(
+            found.postprocess, before, after, raws, truths, records, "box_map50", boxes
+        )
+    return TuneOutcome(found.postprocess, before, after, raws, truths, records, "kaggle", boxes)
 
 
 def tune(
@@ -328,7 +424,9 @@ def tune(
     **engine_opts: Any,
 ) -> tuple[float, float, Any, str]:
     """Tune the bundle's post-processing on ``split`` of ``data`` and write it back; returns
-    (score before, score after, the settings, the split used).
+    (score before, score after, the settings, the split used). The scores are Kaggle scores
+    with a segmenter, box mAP@0.5 for a detector-only bundle (the manifest's ``tuned_box_*``
+    metrics hold the box figures whenever there is a detector).
 
     The torch engine by default: thresholds are tuned on the float32 probabilities, which every
     engine recorded as keeping the score reproduces.
@@ -342,13 +440,12 @@ def tune(
     records = tuning_records(records, manifest) if used == "val" else records
     outcome = tune_on(predictor, records, progress=progress)
     metrics = dict(manifest.metrics)
-    metrics.update(
-        {
-            "tuned_kaggle_before": outcome.before,
-            "tuned_kaggle_after": outcome.after,
-            "tuned_on": f"{Path(data).name}:{used} ({len(records)} images)",
-        }
-    )
+    if outcome.score == "kaggle":
+        metrics["tuned_kaggle_before"] = outcome.before
+        metrics["tuned_kaggle_after"] = outcome.after
+    if outcome.boxes is not None:
+        metrics.update({f"tuned_{k}": v for k, v in outcome.boxes.items() if k != "searched"})
+    metrics["tuned_on"] = f"{Path(data).name}:{used} ({len(records)} images)"
     update_manifest(predictor.bundle.path, postprocess=outcome.postprocess, metrics=metrics)
     if progress:
         print(f"tuned on {len(records)} images ({used} split)", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 ``compute_gate_metrics`` and ``compute_seg_metrics`` turn predictions into plain dicts (so the
 ``evaluate`` command only feeds predictions in); ``write_evaluation_report`` renders whichever of
-the gate / segmentation / box sections it is given. Every file is written to a temporary name and
-renamed, so a failed run never leaves a half-written report.
+the gate / segmentation / box sections it is given: ``detection`` is a detector's COCO box mAP
+(:func:`steelscan.evaluation.detection.box_map`), ``boxes`` the component-based box mAP of a
+segmenter's masks (:func:`steelscan.evaluation.metrics.box_map50`). Every file is written to a
+temporary name and renamed, so a failed run never leaves a half-written report.
 """
 
 from __future__ import annotations
@@ -270,8 +272,31 @@ def _plot_boxes(boxes: dict[str, Any], class_names: Sequence[str], out: Path) ->
     ax.set_xticks(np.arange(len(aps)), list(class_names)[: len(aps)])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("AP@0.5")
-    ax.set_title("Box AP per class")
+    ax.set_title("Box AP per class (component-based: boxes of the mask components)")
     return _save_fig(fig, out / "box_ap.png").name
+
+
+def _plot_detection(det: dict[str, Any], out: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    rows = det["per_class"]
+    names = [r["class"] for r in rows]
+    x = np.arange(len(names))
+
+    def vals(key: str) -> list[float]:
+        return [r[key] if r[key] is not None else np.nan for r in rows]
+
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 3, 3.8))
+    ax.bar(x - 0.2, vals("ap50"), 0.4, label="AP@0.5")
+    ax.bar(x + 0.2, vals("ap"), 0.4, label="AP@0.5:0.95")
+    ax.axhline(det["map50"], c="green", ls=":", lw=1, label=f"mAP@0.5 {det['map50']:.3f}")
+    ax.axhline(det["map"], c="purple", ls="--", lw=1, label=f"mAP@0.5:0.95 {det['map']:.3f}")
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("AP")
+    ax.set_title("Detector box AP per class (COCOeval)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save_fig(fig, out / "detection_ap.png").name
 
 
 def _md_gate(gate: dict[str, Any], plots: list[str]) -> list[str]:
@@ -354,10 +379,12 @@ def _md_seg(seg: dict[str, Any], plot: str) -> list[str]:
 
 def _md_boxes(boxes: dict[str, Any], class_names: Sequence[str], plot: str) -> list[str]:
     lines = [
-        "## Boxes",
+        "## Boxes (component-based)",
         "",
-        f"mAP@{boxes.get('iou_threshold', 0.5)} (VOC all-point AP, mean over classes with "
-        f"ground truth): **{_fmt(boxes['map50'])}**",
+        "The model has no detector: these boxes are the connected components of its masks.",
+        "",
+        f"Component-based mAP@{boxes.get('iou_threshold', 0.5)} (VOC all-point AP, mean over "
+        f"classes with ground truth): **{_fmt(boxes['map50'])}**",
         "",
         "| class | AP@0.5 | ground-truth boxes |",
         "| --- | --- | --- |",
@@ -369,6 +396,44 @@ def _md_boxes(boxes: dict[str, Any], class_names: Sequence[str], plot: str) -> l
     return lines
 
 
+def _md_detection(det: dict[str, Any], plot: str) -> list[str]:
+    shown = det.get("at_score_threshold")
+    lines = [
+        "## Boxes (detector)",
+        "",
+        f"COCO box metrics by pycocotools' COCOeval over {det['images']} images, on every box "
+        f"scoring at least {_fmt(det.get('score_floor'), 2)} (COCO practice: AP needs the "
+        "low-scored boxes too).",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| mAP@0.5 | **{_fmt(det['map50'])}** |",
+        f"| mAP@0.5:0.95 | **{_fmt(det['map'])}** |",
+        f"| mAP@0.75 | {_fmt(det.get('map75'))} |",
+        f"| AR@100 | {_fmt(det.get('ar100'))} |",
+    ]
+    if shown:
+        lines.append(
+            f"| shown boxes (score >= {shown['score_threshold']:.2f}): precision / recall / F1 "
+            f"at IoU {shown['iou_threshold']:.1f} | {_fmt(shown['precision'])} / "
+            f"{_fmt(shown['recall'])} / {_fmt(shown['f1'])} |"
+        )
+    lines += [
+        "",
+        "| class | AP@0.5 | AP@0.5:0.95 | truth boxes | detections |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in det["per_class"]:
+        lines.append(
+            f"| {r['class']} | {_fmt(r['ap50'])} | {_fmt(r['ap'])} | {r['truth_boxes']} | "
+            f"{r['detections']} |"
+        )
+    if any(r["ap50"] is None for r in det["per_class"]):
+        lines += ["", "n/a: the class has no truth box in these images."]
+    lines += ["", f"![{plot}]({plot})", ""]
+    return lines
+
+
 def write_evaluation_report(
     out_dir: str | Path,
     *,
@@ -376,20 +441,29 @@ def write_evaluation_report(
     gate: dict[str, Any] | None,
     seg: dict[str, Any] | None,
     boxes: dict[str, Any] | None,
+    detection: dict[str, Any] | None = None,
     title: str = "steelscan evaluation",
 ) -> Path:
-    """Write ``metrics.json``, PNG plots and ``report.md`` into ``out_dir``; returns report.md."""
+    """Write ``metrics.json``, PNG plots and ``report.md`` into ``out_dir``; returns report.md.
+
+    ``boxes`` is the component-based box mAP, ``detection`` the detector's (see the module)."""
     import matplotlib
 
     matplotlib.use("Agg")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if gate is None and seg is None and boxes is None:
+    if gate is None and seg is None and boxes is None and detection is None:
         raise ValueError(
-            "write_evaluation_report: nothing to report (gate, seg and boxes are None)"
+            "write_evaluation_report: nothing to report (gate, seg, boxes and detection are None)"
         )
     metrics = _clean(
-        {"class_names": list(class_names), "gate": gate, "segmentation": seg, "boxes": boxes}
+        {
+            "class_names": list(class_names),
+            "gate": gate,
+            "segmentation": seg,
+            "boxes": boxes,
+            "detection": detection,
+        }
     )
     _atomic(
         out / "metrics.json",
@@ -402,6 +476,8 @@ def write_evaluation_report(
             lines += _md_overlap(seg["overlap"], _plot_overlap(seg["overlap"], out))
     if gate is not None:
         lines += _md_gate(gate, _plot_gate(gate, out))
+    if detection is not None:
+        lines += _md_detection(detection, _plot_detection(detection, out))
     if boxes is not None:
         lines += _md_boxes(boxes, class_names, _plot_boxes(boxes, class_names, out))
     lines += ["All numbers are in `metrics.json`.", ""]

@@ -10,18 +10,27 @@ is where the time goes. The winner is then re-scored at full resolution through
 :func:`steelscan.inference.postprocess.apply` (the code the inspector runs), and a class keeps its
 base settings unless the tuned ones score at least as well there, so the result is never worse
 than ``base`` on the data it was tuned on.
+
+A detector's boxes are tuned by :func:`tune_boxes`: per-class NMS IoU and the box cap by COCO
+mAP@0.5 over boxes down to :data:`~steelscan.inference.boxes.SCORE_FLOOR` (as evaluation scores
+them), then the score threshold users see boxes from by the F1 of box matches at IoU 0.5.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from steelscan.data.records import Box
+from steelscan.evaluation.detection import box_map, f1_at_thresholds, match_boxes
 from steelscan.evaluation.metrics import dice_from_areas
+from steelscan.inference.boxes import SCORE_FLOOR, DetectedBox
 from steelscan.inference.postprocess import (
     PostProcessor,
     any_defect_probability,
@@ -36,6 +45,10 @@ CLASS_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_AREAS = (0, 100, 300, 600, 1000, 2000, 3000, 5000, 8000)
 MIN_COMPONENT_AREAS = (0, 50, 150, 300, 600, 1200)
 _REFERENCE_PIXELS = 256 * 1600
+# The detector's boxes: NMS IoU and box cap by mAP@0.5, then the shown-from score by F1.
+BOX_NMS_IOUS = (0.4, 0.5, 0.6, 0.7)
+MAX_BOXES = (10, 25, 50, 100)
+BOX_SCORE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 17))  # 0.05 .. 0.8
 
 
 def _auto_factor(h: int, w: int) -> int:
@@ -329,3 +342,141 @@ def tune_postprocess(
     if progress:
         print(f"post-processing tuned: Kaggle score {before:.4f} -> {after:.4f}", file=sys.stderr)
     return tuned, before, after
+
+
+# --------------------------------------------------------------------------- boxes
+
+
+@dataclass
+class BoxTuning:
+    """What :func:`tune_boxes` found: the settings and the scores that chose them (mAP@0.5 at
+    the score floor before/after, F1 at IoU 0.5 of the shown boxes before/after)."""
+
+    postprocess: PostProcess
+    map50_before: float
+    map50_after: float
+    f1_before: float
+    f1_after: float
+    gate_tuned: bool = False
+    searched: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.postprocess
+        return {
+            "box_map50_before": self.map50_before,
+            "box_map50_after": self.map50_after,
+            "box_f1_before": self.f1_before,
+            "box_f1_after": self.f1_after,
+            "box_score_threshold": p.box_score_threshold,
+            "box_nms_iou": p.box_nms_iou,
+            "max_boxes": p.max_boxes,
+            "gate_by_box_map": self.gate_tuned,
+            "searched": self.searched,
+        }
+
+
+class _BoxData:
+    """The validation images for box tuning: raws, truth boxes, sizes and the post-processor
+    whose rules (gate included) produce the boxes. Ungated floor boxes are cached per (NMS IoU,
+    box cap): the gate only empties whole images and the score threshold only cuts a prefix."""
+
+    def __init__(
+        self,
+        raws: Sequence[Any],
+        truths: Sequence[Sequence[Box]],
+        processor: PostProcessor,
+    ) -> None:
+        if len(raws) != len(truths):
+            raise ValueError(f"{len(raws)} predictions but {len(truths)} truth box lists")
+        if not raws:
+            raise ValueError("tune_boxes needs at least one validation image")
+        self.raws, self.truths, self.processor = list(raws), list(truths), processor
+        self.sizes = [tuple(np.asarray(r.mask_probs).shape[1:]) for r in raws]
+        self._cache: dict[tuple[float, int], list[list[DetectedBox]]] = {}
+
+    def boxes(self, pp: PostProcess) -> list[list[DetectedBox]]:
+        """Every image's boxes down to the score floor under ``pp`` (its hard gate applied)."""
+        key = (float(pp.box_nms_iou), int(pp.max_boxes))
+        if key not in self._cache:
+            ungated = self.processor.with_params(pp.model_copy(update={"gate_mode": "none"}))
+            self._cache[key] = [
+                ungated.detections(r, h, w, score_threshold=SCORE_FLOOR)
+                for r, (h, w) in zip(self.raws, self.sizes, strict=True)
+            ]
+        skipped = self.processor.with_params(pp).skipped(self.raws)
+        return [[] if s else d for s, d in zip(skipped, self._cache[key], strict=True)]
+
+    def map50(self, pp: PostProcess) -> float:
+        names = self.processor.class_names
+        return float(box_map(self.truths, self.boxes(pp), self.sizes, names)["map50"])
+
+    def f1(self, pp: PostProcess, thresholds: Sequence[float]) -> np.ndarray:
+        return f1_at_thresholds(*match_boxes(self.truths, self.boxes(pp)), thresholds)["f1"]
+
+
+def _best_on_grid(table: np.ndarray, base_idx: tuple[int, ...], tol: float = 1e-9) -> tuple:
+    """The best cell of ``table``; a tie with the base keeps the base, otherwise the middle of
+    the best cell's plateau (see :func:`centre_of_plateau`)."""
+    best = np.unravel_index(int(np.argmax(table)), table.shape)
+    if table[best] <= table[base_idx] + tol:
+        return base_idx
+    return centre_of_plateau(table, tuple(int(i) for i in best), axes=range(table.ndim), tol=tol)
+
+
+def _tune_box_gate(data: _BoxData, pp: PostProcess) -> PostProcess:
+    """The hard gate's threshold by mAP@0.5, for bundles whose gate guards only the detector
+    (no masks to tune it by): skipping clean images removes their false boxes."""
+    cands = sorted(set(CLASS_THRESHOLDS) | {pp.gate_threshold})
+    scores = np.array([data.map50(pp.model_copy(update={"gate_threshold": g})) for g in cands])
+    best = _best_on_grid(scores, (cands.index(pp.gate_threshold),))[0]
+    return pp.model_copy(update={"gate_threshold": float(cands[best])})
+
+
+def tune_boxes(
+    raws: Sequence[Any],
+    truths: Sequence[Sequence[Box]],
+    processor: PostProcessor,
+    *,
+    tune_gate: bool = False,
+    progress: bool = True,
+) -> BoxTuning:
+    """Tune the detector's box settings of ``processor.params`` on validation predictions.
+
+    ``raws`` carry ``boxes``/``box_scores`` for every image (predicted with ``skip_gated=False``);
+    ``truths`` are the images' truth boxes. First (with ``tune_gate``, for a detector-only bundle
+    in hard mode) the gate threshold by mAP@0.5, then ``box_nms_iou`` x ``max_boxes`` by mAP@0.5
+    of the boxes down to the score floor, then ``box_score_threshold`` by F1 at IoU 0.5: the
+    boxes users are shown. Ties keep the base settings; if the result scores a lower mAP@0.5
+    than the base on these images, the base is kept.
+    """
+    data = _BoxData(raws, truths, processor)
+    base = processor.params
+    hard = base.gate_mode == "hard" and processor.has_classifier
+    tuned = _tune_box_gate(data, base) if tune_gate and hard else base.model_copy(deep=True)
+    nms = sorted(set(BOX_NMS_IOUS) | {base.box_nms_iou})
+    caps = sorted(set(MAX_BOXES) | {base.max_boxes})
+    table = np.array(
+        [
+            [data.map50(tuned.model_copy(update={"box_nms_iou": n, "max_boxes": c})) for c in caps]
+            for n in nms
+        ]
+    )
+    i, j = _best_on_grid(table, (nms.index(base.box_nms_iou), caps.index(base.max_boxes)))
+    tuned = tuned.model_copy(update={"box_nms_iou": float(nms[i]), "max_boxes": int(caps[j])})
+    thr = sorted(set(BOX_SCORE_THRESHOLDS) | {base.box_score_threshold})
+    f1 = data.f1(tuned, thr)
+    k = _best_on_grid(f1, (thr.index(base.box_score_threshold),))[0]
+    tuned = tuned.model_copy(update={"box_score_threshold": float(thr[k])}, deep=True)
+    before, after = data.map50(base), data.map50(tuned)
+    f1_before = float(data.f1(base, [base.box_score_threshold])[0])
+    f1_after = float(f1[k])
+    if after < before - 1e-12:  # never worse than the base (each step keeps it on a tie)
+        tuned, after, f1_after = base.model_copy(deep=True), before, f1_before
+    if progress:
+        print(
+            f"boxes tuned: mAP@0.5 {before:.4f} -> {after:.4f}, F1@0.5 {f1_before:.4f} -> "
+            f"{f1_after:.4f} (score >= {tuned.box_score_threshold:.2f})",
+            file=sys.stderr,
+        )
+    searched = {"box_nms_iou": nms, "max_boxes": caps, "box_score_threshold": thr}
+    return BoxTuning(tuned, before, after, f1_before, f1_after, tune_gate and hard, searched)

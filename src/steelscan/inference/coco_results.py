@@ -23,6 +23,17 @@ probability under the soft gate), computed while inspecting and journaled with t
 own image ids and category ids (matched by class name) are reused, so ``COCOeval`` against that
 file works as it is; other images get fresh ids after the largest one, in input order; a class
 the dataset lacks keeps the model's class id (Severstal ``ClassId``) unless that is taken.
+
+Detector boxes. With a detector in the bundle every box it kept (``detections`` in
+predictions.jsonl, best first) is one more object, ``{"image_id", "category_id", "bbox": [x, y,
+w, h], "score", "area"}`` with no ``segmentation``: the detector's own score and box, in the
+same ids as the mask instances. A bundle with a segmenter *and* a detector writes both kinds,
+each image's mask instances first, then its boxes; the key ``segmentation`` tells them apart, so
+a mask evaluation (``COCOeval(..., "segm")``) takes the objects that have it and a box
+evaluation of the detector (``"bbox"``) the objects that do not (run on every object, a box
+evaluation would count each defect twice: once as a mask's extent, once as a detector box).
+A detector-only bundle writes boxes alone, which ``loadRes`` and ``COCOeval(..., "bbox")`` take
+as they are.
 """
 
 from __future__ import annotations
@@ -208,9 +219,37 @@ def coco_ids(
 
 
 # -- the writer -----------------------------------------------------------------------------------
+def box_instances(record: dict[str, Any], ids: CocoIds) -> Iterator[dict[str, Any]]:
+    """The detector's boxes of one record as segmentation-free COCO objects, best first.
+
+    From the record's rounded ``detections`` alone (never the raw outputs), so a journaled
+    record gives the same bytes; a box of a class the record does not name is left out."""
+    image_id = ids.images[record["image_id"]]
+    for d in record.get("detections") or []:
+        cid = d.get("class_id")
+        if cid is None or int(cid) not in ids.category_of:
+            continue
+        x1, y1, x2, y2 = (float(v) for v in d["box"])
+        w, h = round(x2 - x1, 2), round(y2 - y1, 2)
+        yield {
+            "image_id": image_id,
+            "category_id": ids.category_of[int(cid)],
+            "bbox": [x1, y1, w, h],
+            "score": float(d["score"]),
+            "area": round(w * h, 4),
+        }
+
+
 def instances(record: dict[str, Any], ids: CocoIds) -> Iterator[dict[str, Any]]:
-    """The COCO results objects of one inspected image's record (its present classes'
-    components), from the record alone: a journaled record gives the same objects."""
+    """The COCO results objects of one inspected image's record: its present classes'
+    components, then the detector's boxes (:func:`box_instances`), from the record alone: a
+    journaled record gives the same objects."""
+    yield from mask_instances(record, ids)
+    yield from box_instances(record, ids)
+
+
+def mask_instances(record: dict[str, Any], ids: CocoIds) -> Iterator[dict[str, Any]]:
+    """One object per component of each present class's final mask, with its RLE."""
     from pycocotools import mask as coco_mask
 
     h, w = int(record["height"]), int(record["width"])

@@ -151,9 +151,14 @@ def runnable_here(bundle: Any, engine: str, options: dict[str, Any]) -> str | No
         return f"{module} is not installed"
     manifest = bundle.manifest
     if engine != "torch":
-        seg = manifest.segmenter
-        name = (seg.onnx_int8_file if options.get("int8") else seg.onnx_file) if seg else None
-        if not name or not (Path(bundle.path) / name).is_file():
+        # The segmenter (else the detector) needs a file of the precision asked for; a detector
+        # beside a segmenter at least its float32 one (under int8 it may run in float32).
+        main = manifest.segmenter or manifest.detector
+        extra = manifest.detector if manifest.segmenter is not None else None
+        names = [(main.onnx_int8_file if options.get("int8") else main.onnx_file) if main else None]
+        if extra is not None:
+            names.append((options.get("int8") and extra.onnx_int8_file) or extra.onnx_file)
+        if not all(name and (Path(bundle.path) / name).is_file() for name in names):
             return "the bundle has no such ONNX export"
     wants_bf16 = options.get("precision") == "bf16" or options.get("bf16")
     if wants_bf16 and not cpu_has_bf16():

@@ -1,4 +1,4 @@
-"""Export a trained bundle's two networks to ONNX (float32, and optionally int8) for fast inference.
+"""Export a trained bundle's networks to ONNX (float32, and optionally int8) for fast inference.
 
 ``steelscan export`` writes a *copy* of the bundle with the ONNX files added and their names
 recorded in the manifest (``StageSpec.onnx_file`` / ``onnx_int8_file``), so a bundle stays one
@@ -18,6 +18,12 @@ Why these choices:
   images: on CPUs with VNNI it runs the segmenter ~2x faster than float32. The final sigmoid and
   the last few layers stay float32 (:func:`fp32_nodes`) so probabilities keep their resolution
   near the thresholds.
+* The detector's graph returns ``boxes`` (N, L, 4) and ``scores`` (N, L, K), the torch
+  engine's ``detect`` outputs; thresholds and NMS stay post-processing. Its int8 model quantises
+  the encoder, pyramid and head towers; the head's output convolutions and the box decoding stay
+  float32 (:func:`detector_fp32_nodes`: box corners are pixels, which uint8 cannot hold). The
+  int8 file is kept only where it agrees with float32 on the calibration images
+  (:func:`detector_int8_agreement`), else it is dropped with a message.
 """
 
 from __future__ import annotations
@@ -40,13 +46,20 @@ if TYPE_CHECKING:
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "probs"
-STAGES = ("classifier", "segmenter")
+DETECTOR_OUTPUTS = ("boxes", "scores")
+STAGES = ("classifier", "segmenter", "detector")
 DEFAULT_CALIBRATION_IMAGES = 16
 # Only the segmenter is quantised by default: it is where the time goes (~85% of model time at
 # 256x1600), while the gate is cheap and its image-level probabilities proved fragile under int8
 # (measured on a Unet/MobileNetV2 + MobileNetV2 bundle: gate probabilities moved by up to 0.9).
-INT8_STAGES = ("segmenter",)
+# The detector is quantised too where it has one, and kept only where int8 agrees with float32.
+INT8_STAGES = ("segmenter", "detector")
 FP32_TAIL = 3  # last Conv/Gemm layers left in float32 by the int8 export (see fp32_nodes)
+# A detector's int8 model is kept when, on the calibration images, no class score moves by more
+# than this and no box that could be shown (float32 score >= box_score_threshold) moves a corner
+# by more than INT8_BOX_TOLERANCE_PX pixels.
+INT8_SCORE_TOLERANCE = 0.02
+INT8_BOX_TOLERANCE_PX = 2.0
 
 
 class ExportError(ValueError):
@@ -71,6 +84,62 @@ def _probabilities_module(module: torch.nn.Module) -> torch.nn.Module:
     return _Probs(module).eval()
 
 
+def _detector_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The detector as exported: ``(boxes, scores)`` exactly as its ``forward`` returns them.
+
+    A wrapper in eval mode: ``torch.onnx.export`` restores the *wrapper's* training flag when it
+    ends, which on a fresh (training-mode) wrapper would switch the detector's BatchNorms to
+    training for the caller."""
+    import torch
+
+    class _Boxes(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            boxes, scores = self.inner(x)
+            return boxes, scores
+
+    return _Boxes(module).eval()
+
+
+def _export_graph(
+    wrapped: torch.nn.Module,
+    path: Path,
+    outputs: dict[str, dict[int, str]],
+    *,
+    in_channels: int,
+    height: int,
+    width: int,
+    spatial_dynamic: bool,
+) -> Path:
+    """Trace ``wrapped`` to ONNX at ``path``: input ``input``, ``outputs`` name -> dynamic axes."""
+    import onnx
+    import torch
+
+    example = torch.zeros(1, in_channels, height, width, dtype=torch.float32)
+    axes = {0: "batch"}
+    if spatial_dynamic:
+        axes.update({2: "height", 3: "width"})
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        # Tracer warnings about Python-level shape checks in smp/timm are expected and harmless.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=list(outputs),
+            dynamic_axes={INPUT_NAME: axes, **outputs},
+            do_constant_folding=True,
+        )
+    onnx.checker.check_model(str(path))
+    return path
+
+
 def export_module(
     module: torch.nn.Module,
     path: str | Path,
@@ -85,32 +154,34 @@ def export_module(
     ``height``/``width`` only shape the example input used for tracing; with ``spatial_dynamic``
     the file accepts any size the network itself accepts.
     """
-    import onnx
-    import torch
-
-    path = Path(path)
+    axes = {0: "batch", 2: "height", 3: "width"} if spatial_dynamic else {0: "batch"}
     wrapped = _probabilities_module(module.cpu().eval())
-    example = torch.zeros(1, in_channels, height, width, dtype=torch.float32)
-    axes = {0: "batch"}
-    if spatial_dynamic:
-        axes.update({2: "height", 3: "width"})
-    out_axes = dict(axes) if spatial_dynamic else {0: "batch"}
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        # Tracer warnings about Python-level shape checks in smp/timm are expected and harmless.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapped,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: out_axes},
-            do_constant_folding=True,
-        )
-    onnx.checker.check_model(str(path))
-    return path
+    return _export_graph(
+        wrapped,
+        Path(path),
+        {OUTPUT_NAME: axes},
+        in_channels=in_channels,
+        height=height,
+        width=width,
+        spatial_dynamic=spatial_dynamic,
+    )
+
+
+def export_detector(
+    module: torch.nn.Module, path: str | Path, *, in_channels: int, height: int, width: int
+) -> Path:
+    """Export a :class:`~steelscan.models.detector.DetectionModel`: outputs ``boxes`` (N, L, 4)
+    and ``scores`` (N, L, K), batch, height and width dynamic (L follows the input size)."""
+    axes = {0: "batch", 1: "locations"}
+    return _export_graph(
+        _detector_module(module.cpu().eval()),
+        Path(path),
+        {name: dict(axes) for name in DETECTOR_OUTPUTS},
+        in_channels=in_channels,
+        height=height,
+        width=width,
+        spatial_dynamic=True,
+    )
 
 
 class _BatchReader:
@@ -144,10 +215,41 @@ def fp32_nodes(model_path: Path, tail: int = FP32_TAIL) -> list[str]:
     return nodes + (dense[-tail:] if tail > 0 else [])
 
 
+def detector_fp32_nodes(model_path: Path) -> list[str]:
+    """Nodes a detector's int8 model keeps in float32: every node between the last convolutions
+    and the outputs, those convolutions included (the head's class, box and centerness layers,
+    the box decoding against the anchors, the score's sigmoids and square root).
+
+    Found by walking back from the outputs and stopping at dense layers and at ``Shape`` (the
+    anchors depend only on feature-map sizes): box corners are pixels up to the image size and
+    scores are compared with thresholds, neither of which survives uint8 activations.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    kept: dict[str, Any] = {}
+    stack = [producer[o.name] for o in model.graph.output if o.name in producer]
+    while stack:
+        node = stack.pop()
+        if node.name in kept:
+            continue
+        kept[node.name] = node
+        if node.op_type in ("Conv", "Gemm", "MatMul", "Shape"):
+            continue
+        stack.extend(producer[i] for i in node.input if i in producer)
+    return [name for name in kept if name]
+
+
 def quantize_int8(
-    fp32_path: str | Path, int8_path: str | Path, batches: Iterable[np.ndarray]
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    batches: Iterable[np.ndarray],
+    *,
+    keep_fp32: Callable[[Path], list[str]] = fp32_nodes,
 ) -> Path:
-    """Static int8 quantisation (QDQ, per-channel, MinMax) of a model, calibrated on ``batches``."""
+    """Static int8 quantisation (QDQ, per-channel, MinMax) of a model, calibrated on ``batches``;
+    ``keep_fp32`` names the nodes left in float32 (read from the pre-processed graph)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -173,9 +275,33 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=fp32_nodes(pre),
+            nodes_to_exclude=keep_fp32(pre),
         )
     return int8_path
+
+
+def detector_int8_agreement(
+    fp32_path: Path, int8_path: Path, batches: Sequence[np.ndarray], box_score_threshold: float
+) -> tuple[float, float]:
+    """How far the int8 detector strays from float32 on ``batches`` (ONNX Runtime, both files):
+    the largest change of any class score, and the largest corner move (pixels) of a box that
+    could be shown (float32 score at least ``box_score_threshold``)."""
+    import onnxruntime as ort
+
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        for p in (fp32_path, int8_path)
+    ]
+    score_diff = box_diff = 0.0
+    for batch in batches:
+        (b32, s32), (b8, s8) = (
+            s.run(list(DETECTOR_OUTPUTS), {INPUT_NAME: batch}) for s in sessions
+        )
+        score_diff = max(score_diff, float(np.abs(s8 - s32).max()))
+        shown = s32.max(axis=-1) >= box_score_threshold
+        if shown.any():
+            box_diff = max(box_diff, float(np.abs(b8 - b32)[shown].max()))
+    return score_diff, box_diff
 
 
 def calibration_batches(
@@ -307,9 +433,10 @@ def export_in_place(
     """Add ONNX files to bundle ``model_dir`` itself and name them in its manifest.
 
     ``calibration``: preprocessed (1, C, H, W) batches (:func:`record_batches`); when given, the
-    stages in ``int8_stages`` also get an int8 model. ``steelscan train`` uses this on its
-    staged bundle (:func:`export_bundle` on a copy). The manifest is rewritten last, so a failure
-    leaves a bundle whose manifest names only files that exist. Returns the new manifest.
+    stages in ``int8_stages`` also get an int8 model (a detector's only where it agrees with
+    float32, :func:`detector_int8_agreement`). ``steelscan train`` uses this on its staged bundle
+    (:func:`export_bundle` on a copy). The manifest is rewritten last, so a failure leaves a
+    bundle whose manifest names only files that exist. Returns the new manifest.
     """
     from steelscan.bundle import load_bundle
 
@@ -317,30 +444,57 @@ def export_in_place(
     say = progress or (lambda _msg: None)
     bundle = load_bundle(model_dir)
     manifest = bundle.manifest.model_copy(deep=True)
-    if manifest.classifier is None and manifest.segmenter is None:
-        raise ExportError(f"{model_dir}: the bundle has neither a classifier nor a segmenter")
-    h, w = _example_size(manifest)
+    if all(getattr(manifest, stage) is None for stage in STAGES):
+        raise ExportError(f"{model_dir}: the bundle has no classifier, segmenter or detector")
     for stage in STAGES:
         spec = getattr(manifest, stage)
         if spec is None:
             continue
-        module = getattr(bundle, stage)
-        fp32_name, int8_name = f"{stage}.onnx", f"{stage}.int8.onnx"
-        say(f"exporting the {stage} to {fp32_name}")
-        export_module(
-            module, model_dir / fp32_name, in_channels=manifest.in_channels, height=h, width=w
-        )
-        spec.onnx_file = fp32_name
+        spec.onnx_file = f"{stage}.onnx"
         spec.onnx_int8_file = None
-        stale = model_dir / int8_name
-        if stale.exists():
-            stale.unlink()
+        (model_dir / f"{stage}.int8.onnx").unlink(missing_ok=True)  # a stale one
+        say(f"exporting the {stage} to {spec.onnx_file}")
+        _export_stage(stage, getattr(bundle, stage), model_dir / spec.onnx_file, manifest)
         if calibration is not None and stage in int8_stages:
-            say(f"quantising the {stage} to int8 ({len(calibration)} calibration images)")
-            quantize_int8(model_dir / fp32_name, model_dir / int8_name, calibration)
-            spec.onnx_int8_file = int8_name
+            spec.onnx_int8_file = _quantize_stage(stage, model_dir, manifest, calibration, say)
     _write_manifest(model_dir, manifest)
     return manifest
+
+
+def _export_stage(stage: str, module: Any, path: Path, manifest: ModelManifest) -> Path:
+    """One stage's float32 ONNX file, traced at the bundle's padded image size."""
+    h, w = _example_size(manifest)
+    export = export_detector if stage == "detector" else export_module
+    return export(module, path, in_channels=manifest.in_channels, height=h, width=w)
+
+
+def _quantize_stage(
+    stage: str,
+    model_dir: Path,
+    manifest: ModelManifest,
+    calibration: Sequence[np.ndarray],
+    say: Callable[[str], None],
+) -> str | None:
+    """Write ``{stage}.int8.onnx`` and return its name; None where a detector's int8 model
+    strays from float32 on the calibration images (the file is then removed)."""
+    fp32, int8 = model_dir / f"{stage}.onnx", model_dir / f"{stage}.int8.onnx"
+    say(f"quantising the {stage} to int8 ({len(calibration)} calibration images)")
+    if stage != "detector":
+        quantize_int8(fp32, int8, calibration)
+        return int8.name
+    quantize_int8(fp32, int8, calibration, keep_fp32=detector_fp32_nodes)
+    threshold = manifest.postprocess.box_score_threshold
+    score_diff, box_diff = detector_int8_agreement(fp32, int8, calibration, threshold)
+    detail = f"scores within {score_diff:.4f}, shown boxes within {box_diff:.2f} px of float32"
+    if score_diff <= INT8_SCORE_TOLERANCE and box_diff <= INT8_BOX_TOLERANCE_PX:
+        say(f"int8 detector kept: {detail}")
+        return int8.name
+    say(
+        f"int8 detector dropped ({detail}; the limits are {INT8_SCORE_TOLERANCE} and "
+        f"{INT8_BOX_TOLERANCE_PX} px): the detector runs in float32 under int8 engines"
+    )
+    int8.unlink(missing_ok=True)
+    return None
 
 
 def drop_int8(model_dir: str | Path) -> ModelManifest:
@@ -362,21 +516,26 @@ def drop_int8(model_dir: str | Path) -> ModelManifest:
     return manifest
 
 
-def exported_file(root: Path, spec: Any, stage: str, *, int8: bool) -> Path | None:
+def exported_file(
+    root: Path, spec: Any, stage: str, *, int8: bool, int8_required: bool | None = None
+) -> Path | None:
     """The ONNX file an engine should load for one stage of an exported bundle (None: no stage).
 
-    Under int8 a stage without an int8 model (the export quantises the segmenter only by
-    default) runs its float32 model; the segmenter must have one, or int8 means nothing. Missing
-    exports raise a ValueError that says which ``steelscan export`` command makes them.
+    Under int8 a stage without an int8 model (the gate by default, a detector whose int8 model
+    strayed from float32) runs its float32 model, unless ``int8_required`` (default: only for the
+    segmenter; engines also require it of the detector of a bundle without a segmenter): then
+    int8 would mean nothing. Missing exports raise a ValueError that says which
+    ``steelscan export`` command makes them.
     """
     if spec is None:
         return None
+    if int8_required is None:
+        int8_required = stage == "segmenter"
     precision = "int8" if int8 else "fp32"
-    name = (
-        (spec.onnx_int8_file or (spec.onnx_file if stage != "segmenter" else None))
-        if int8
-        else spec.onnx_file
-    )
+    if int8:
+        name = spec.onnx_int8_file or (None if int8_required else spec.onnx_file)
+    else:
+        name = spec.onnx_file
     if not name:
         how = "--format onnx --int8 --calibration DATA" if int8 else "--format onnx"
         raise ValueError(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from steelscan.inference.engines import register_engine
-from steelscan.inference.export import INPUT_NAME, exported_file
+from steelscan.inference.export import DETECTOR_OUTPUTS, INPUT_NAME, exported_file
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -84,13 +84,20 @@ class OnnxEngine:
         manifest = bundle.manifest
         self.classifier = self._session(root, manifest.classifier, "classifier")
         self.segmenter = self._session(root, manifest.segmenter, "segmenter")
+        # without a segmenter the detector is the stage int8 is about: it must have an int8 file
+        self.detector = self._session(
+            root, manifest.detector, "detector", int8_required=manifest.segmenter is None
+        )
         self.has_classifier = self.classifier is not None
         self.has_segmenter = self.segmenter is not None
+        self.has_detector = self.detector is not None
 
-    def _session(self, root: Path, spec: Any, stage: str) -> ort.InferenceSession | None:
+    def _session(
+        self, root: Path, spec: Any, stage: str, int8_required: bool | None = None
+    ) -> ort.InferenceSession | None:
         import onnxruntime as ort
 
-        path = exported_file(root, spec, stage, int8=self.int8)
+        path = exported_file(root, spec, stage, int8=self.int8, int8_required=int8_required)
         if path is None:
             return None
         opts = ort.SessionOptions()
@@ -115,3 +122,11 @@ class OnnxEngine:
 
     def segment(self, batch: np.ndarray) -> np.ndarray:
         return self._run(self.segmenter, batch, "segmenter")
+
+    def detect(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``boxes`` (N, L, 4) and ``scores`` (N, L, K), float32, from the exported detector."""
+        if self.detector is None:
+            raise RuntimeError("this bundle has no detector")
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        boxes, scores = self.detector.run(list(DETECTOR_OUTPUTS), {INPUT_NAME: x})
+        return np.asarray(boxes, np.float32), np.asarray(scores, np.float32)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
 from steelscan.inference.engines import register_engine
-from steelscan.inference.export import exported_file
+from steelscan.inference.export import DETECTOR_OUTPUTS, exported_file
 from steelscan.inference.onnx_engine import physical_cores
 
 if TYPE_CHECKING:
@@ -71,11 +72,21 @@ class OpenVinoEngine:
         root = Path(bundle.path)
         self.classifier = self._compile(root, bundle.manifest.classifier, "classifier")
         self.segmenter = self._compile(root, bundle.manifest.segmenter, "segmenter")
+        # as in the onnx engine: without a segmenter, int8 needs the detector's int8 file
+        self.detector = self._compile(
+            root,
+            bundle.manifest.detector,
+            "detector",
+            int8_required=bundle.manifest.segmenter is None,
+        )
         self.has_classifier = self.classifier is not None
         self.has_segmenter = self.segmenter is not None
+        self.has_detector = self.detector is not None
 
-    def _compile(self, root: Path, spec: Any, stage: str) -> _StaticShapes | None:
-        path = exported_file(root, spec, stage, int8=self.int8)
+    def _compile(
+        self, root: Path, spec: Any, stage: str, int8_required: bool | None = None
+    ) -> _StaticShapes | None:
+        path = exported_file(root, spec, stage, int8=self.int8, int8_required=int8_required)
         if path is None:
             return None
         try:
@@ -95,6 +106,14 @@ class OpenVinoEngine:
 
     def segment(self, batch: np.ndarray) -> np.ndarray:
         return self._run(self.segmenter, batch, "segmenter")
+
+    def detect(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``boxes`` (N, L, 4) and ``scores`` (N, L, K), float32, compiled per input shape."""
+        if self.detector is None:
+            raise RuntimeError("this bundle has no detector")
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        boxes, scores = self.detector.infer(x, DETECTOR_OUTPUTS)
+        return boxes, scores
 
 
 class _StaticShapes:
@@ -127,8 +146,19 @@ class _StaticShapes:
                     self._compiled.popitem(last=False)
             return compiled
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    @overload
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    @overload
+    def infer(self, batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]: ...
+
+    def infer(
+        self, batch: np.ndarray, outputs: Sequence[str] | None = None
+    ) -> np.ndarray | list[np.ndarray]:
+        """The first output, or the ``outputs`` named (the detector's boxes and scores)."""
         compiled = self.compiled_for(tuple(batch.shape))
         # One infer request per call: safe when the pipelined predictor calls from threads.
         out = compiled.create_infer_request().infer([batch])
-        return np.asarray(out[compiled.output(0)], dtype=np.float32)
+        if outputs is None:
+            return np.asarray(out[compiled.output(0)], dtype=np.float32)
+        return [np.asarray(out[compiled.output(name)], dtype=np.float32) for name in outputs]

@@ -24,7 +24,14 @@ from steelscan.data.records import AnnotatedImage
 from steelscan.imageio import encode_png, to_channels
 from steelscan.inference.journal import fsync_dir
 from steelscan.inference.result import InspectionResult
-from steelscan.reports.overlay import class_color, class_colors, overlay
+from steelscan.reports.overlay import (
+    box_style,
+    class_color,
+    class_colors,
+    draw_boxes,
+    draw_detections,
+    overlay,
+)
 
 SUBMISSION = "submission.csv"
 PREDICTIONS = "predictions.jsonl"
@@ -114,42 +121,97 @@ def _paint(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return overlay(image, masks, class_colors(len(masks)))
 
 
+def _fit_scale(text: str, width: int, scale: float, floor: float = 0.3) -> float:
+    """The largest font scale up to ``scale`` at which ``text`` fits ``width`` (a 200 px NEU
+    image's caption is shrunk instead of cut off), never below ``floor``."""
+    tw = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    return scale if tw + 12 <= width else max(floor, scale * (width - 12) / max(tw, 1))
+
+
 def _caption(width: int, text: str, height: int = 22) -> np.ndarray:
     bar = np.full((height, width, 3), 30, np.uint8)
+    scale = _fit_scale(text, width, 0.5)
     cv2.putText(
-        bar, text, (6, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
+        bar, text, (6, height - 7), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
     )
     return bar
 
 
 def _legend(width: int, names: list[str], extra: list[str]) -> np.ndarray:
-    bar = np.full((26, width, 3), 255, np.uint8)
+    """One swatch and label per class, wrapped onto more rows when the image is too narrow."""
+    rows: list[list[tuple[int, int, str]]] = [[]]
     x = 6
     for k, (name, note) in enumerate(zip(names, extra, strict=True)):
-        cv2.rectangle(bar, (x, 6), (x + 14, 20), class_color(k), -1)
         label = f"{name} {note}".strip()
-        cv2.putText(
-            bar, label, (x + 19, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
-        )
-        x += 30 + 9 * len(label)
+        step = 30 + 9 * len(label)
+        if rows[-1] and x + step - 11 > width:
+            rows.append([])
+            x = 6
+        rows[-1].append((k, x, label))
+        x += step
+    bar = np.full((26 * len(rows), width, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        y = 26 * r
+        for k, x, label in row:
+            cv2.rectangle(bar, (x, y + 6), (x + 14, y + 20), class_color(k), -1)
+            cv2.putText(
+                bar, label, (x + 19, y + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                cv2.LINE_AA,
+            )  # fmt: skip
     return bar
+
+
+def _truth_panel(rgb: np.ndarray, truth: AnnotatedImage, names: list[str]) -> np.ndarray | None:
+    """The ground truth: its masks tinted (when its classes are the model's) and its boxes
+    framed in the colour of the model's class of that name; None when nothing lines up."""
+    masks = truth.masks(boxes=False)
+    painted = len(masks) == len(names)
+    panel = _paint(rgb, masks) if painted else rgb
+    index = {n: i for i, n in enumerate(names)}
+    boxes = [
+        (index[truth.classes[b.class_index]], b.x1, b.y1, b.x2, b.y2)
+        for b in truth.boxes
+        if b.class_index < len(truth.classes) and truth.classes[b.class_index] in index
+    ]
+    if not painted and not boxes:
+        return None
+    return draw_boxes(panel, boxes, thickness=box_style(*rgb.shape[:2])[0]) if boxes else panel
+
+
+def _class_notes(result: InspectionResult) -> list[str]:
+    """Each present class's area and, with a detector, how many boxes it kept."""
+    counts = [0] * len(result.classes)
+    for d in result.detections or []:
+        if d.class_index < len(counts):
+            counts[d.class_index] += 1
+    notes = []
+    for c, n in zip(result.classes, counts, strict=True):
+        parts = [f"{c.area} px"] if c.present and (c.area or result.detections is None) else []
+        if n:
+            parts.append(f"{n} box" + ("es" if n > 1 else ""))
+        notes.append(f"({', '.join(parts)})" if parts else "")
+    return notes
 
 
 def render_overlay(
     image: np.ndarray, result: InspectionResult, truth: AnnotatedImage | None = None
 ) -> np.ndarray:
-    """The prediction painted on the image (+ a ground-truth panel when labelled) and a legend."""
+    """The prediction painted on the image (masks tinted, the detector's boxes framed with their
+    scores), a ground-truth panel when labelled, and a legend."""
     rgb = to_channels(image, 3)
     h, w = rgb.shape[:2]
     pred = np.stack([c.mask for c in result.classes]) if result.classes else np.zeros((0, h, w))
+    names = [c.name for c in result.classes]
     title = f"{result.image_id}  prediction  P(defect)={result.defect_probability:.2f}"
-    panels = [_caption(w, title), _paint(rgb, pred)]
+    panel = _paint(rgb, pred)
+    if result.detections:
+        panel = draw_detections(panel, result.detections, names)
+    panels = [_caption(w, title), panel]
     if truth is not None and truth.shape == (h, w):
-        gt = truth.masks()
-        if len(gt) == len(result.classes):
-            panels += [_caption(w, "ground truth"), _paint(rgb, gt)]
-    notes = [f"({c.area} px)" if c.present else "" for c in result.classes]
-    panels.append(_legend(w, [c.name for c in result.classes], notes))
+        gt = _truth_panel(rgb, truth, names)
+        if gt is not None:
+            panels += [_caption(w, "ground truth"), gt]
+    panels.append(_legend(w, names, _class_notes(result)))
     return np.concatenate(panels, axis=0)
 
 

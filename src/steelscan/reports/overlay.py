@@ -1,12 +1,15 @@
 """Class colours and mask/box overlays, shared by reports, prediction overlays and the web page.
 
-NumPy only (no matplotlib, no OpenCV), so the service and the CLI can draw overlays without the
-plotting stack. Class ``i`` (0-based) always gets ``PALETTE[i % len(PALETTE)]`` everywhere.
+NumPy only (no matplotlib), so the service and the CLI can draw overlays without the plotting
+stack; OpenCV (a runtime dependency) is imported only to write the text of the detector's score
+labels. Class ``i`` (0-based) always gets ``PALETTE[i % len(PALETTE)]`` everywhere.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -98,6 +101,15 @@ def overlay(
     return np.rint(out).astype(np.uint8)
 
 
+def _frame(out: np.ndarray, color: Color, x1: int, y1: int, x2: int, y2: int, t: int) -> None:
+    """One rectangle's border, ``t`` pixels, in place; the box is already inside ``out``."""
+    t = max(1, min(t, (x2 - x1 + 1) // 2, (y2 - y1 + 1) // 2))
+    out[y1 : y1 + t, x1:x2] = color
+    out[y2 - t : y2, x1:x2] = color
+    out[y1:y2, x1 : x1 + t] = color
+    out[y1:y2, x2 - t : x2] = color
+
+
 def draw_boxes(
     image: np.ndarray,
     boxes: Sequence[tuple[int, int, int, int, int]],
@@ -116,9 +128,67 @@ def draw_boxes(
         y1, y2 = max(0, min(y1, h)), max(0, min(y2, h))
         if x2 <= x1 or y2 <= y1:
             continue
-        t = max(1, min(thickness, (x2 - x1 + 1) // 2, (y2 - y1 + 1) // 2))
-        out[y1 : y1 + t, x1:x2] = color
-        out[y2 - t : y2, x1:x2] = color
-        out[y1:y2, x1 : x1 + t] = color
-        out[y1:y2, x2 - t : x2] = color
+        _frame(out, color, x1, y1, x2, y2, thickness)
+    return out
+
+
+def _pixel_box(d: Any, h: int, w: int) -> tuple[int, int, int, int]:
+    """A float box ``d.x1 .. d.y2`` as whole pixels covering it, at least one pixel each way and
+    inside the image (an untrained detector's boxes can be a fraction of a pixel)."""
+    x1 = min(max(0, math.floor(d.x1)), w - 1)
+    y1 = min(max(0, math.floor(d.y1)), h - 1)
+    x2 = min(max(x1 + 1, math.ceil(d.x2)), w)
+    y2 = min(max(y1 + 1, math.ceil(d.y2)), h)
+    return x1, y1, x2, y2
+
+
+def box_style(h: int, w: int) -> tuple[int, float]:
+    """Line thickness and label font scale for an image of ``h`` x ``w``: one pixel and a small
+    font on a 200 px NEU image, thicker and larger on a 1600 px Severstal strip."""
+    side = max(h, w)
+    return max(1, round(side / 500)), min(1.0, max(0.3, side / 1600))
+
+
+def _label(out: np.ndarray, text: str, x: int, y: int, color: Color, scale: float) -> None:
+    """``text`` on a filled tag in ``color`` above (x, y), or below it at the top edge."""
+    import cv2
+
+    h, w = out.shape[:2]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (tw, th), base = cv2.getTextSize(text, font, scale, 1)
+    top = y - th - base - 2 if y - th - base - 2 >= 0 else min(y + 1, max(0, h - th - base - 2))
+    left = min(max(0, x), max(0, w - tw - 2))
+    out[top : top + th + base + 2, left : left + tw + 2] = color
+    ink = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)
+    cv2.putText(out, text, (left + 1, top + th + 1), font, scale, ink, 1, cv2.LINE_AA)
+
+
+def draw_detections(
+    image: np.ndarray,
+    detections: Sequence[Any],
+    names: Sequence[str] | None = None,
+    colors: Sequence[Color] | None = None,
+    *,
+    labels: bool = True,
+) -> np.ndarray:
+    """Draw the detector's boxes: a frame in the class colour and a ``name 0.87`` score tag each.
+
+    ``detections``: objects with ``class_index``, ``score`` and float corners ``x1, y1, x2, y2``
+    (:class:`steelscan.inference.boxes.DetectedBox`), best first; each is drawn with its tag,
+    worst first, so the best box's frame and tag end on top. Line and font sizes follow the
+    image's size (:func:`box_style`). Returns a new HxWx3 uint8 image.
+    """
+    out = np.ascontiguousarray(_as_rgb(image).copy())
+    h, w = out.shape[:2]
+    if not detections or h == 0 or w == 0:
+        return out
+    thickness, scale = box_style(h, w)
+    for d in reversed(detections):
+        cls = int(d.class_index)
+        color = colors[cls] if colors is not None else class_color(cls)
+        x1, y1, x2, y2 = _pixel_box(d, h, w)
+        _frame(out, color, x1, y1, x2, y2, thickness)
+        if labels:
+            name = names[cls] if names is not None and cls < len(names) else str(cls + 1)
+            _label(out, f"{name} {float(d.score):.2f}", x1, y1, color, scale)
     return out

@@ -34,7 +34,7 @@ def bundle_version(model_dir: Path, manifest: ModelManifest) -> str:
     """
     h = hashlib.sha256()
     files = [model_dir / "manifest.json"]
-    for spec in (manifest.classifier, manifest.segmenter):
+    for spec in (manifest.classifier, manifest.segmenter, manifest.detector):
         if spec is not None:
             files.append(model_dir / spec.weights_file)
     for f in files:
@@ -63,12 +63,15 @@ def candidate_params(pp: PostProcess) -> PostProcess:
 
 
 def overlay_png(image: np.ndarray, result: InspectionResult) -> bytes:
-    """The image with the result's masks drawn, as PNG bytes."""
+    """The image with the result's masks and the detector's boxes (with scores) drawn, PNG."""
     if not result.classes:
         return encode_png(image)
-    from steelscan.reports.overlay import overlay
+    from steelscan.reports.overlay import draw_detections, overlay
 
-    return encode_png(overlay(image, np.stack([c.mask for c in result.classes])))
+    drawn = overlay(image, np.stack([c.mask for c in result.classes]))
+    if result.detections:
+        drawn = draw_detections(drawn, result.detections, [c.name for c in result.classes])
+    return encode_png(drawn)
 
 
 class InspectionService:

@@ -38,6 +38,18 @@ class ClassOut(BaseModel):
     candidate: Candidate | None = Field(None, description="only with ?candidates=true")
 
 
+class DetectionOut(BaseModel):
+    """One box the detector kept (after its score threshold and per-class NMS), best first."""
+
+    class_index: int = Field(description="0-based position of the class in the model's outputs")
+    class_id: int = Field(description="class id as in the model's files (1-based)")
+    name: str
+    score: float = Field(description="the detector's confidence in [0, 1]")
+    box: list[float] = Field(
+        description="[x1, y1, x2, y2] in image pixels (floats, corners, not clipped to a pixel)"
+    )
+
+
 class ModelRef(BaseModel):
     name: str
     version: str = Field(description="content hash of the bundle's manifest and weights")
@@ -53,6 +65,10 @@ class InspectionOut(BaseModel):
     classes: list[ClassOut]
     timings_ms: dict[str, float] = Field(
         description="decode, queue (waiting for a worker), inference and total, in milliseconds"
+    )
+    detections: list[DetectionOut] | None = Field(
+        None,
+        description="the detector's boxes, best first; absent when the model has no detector",
     )
     model: ModelRef
     overlay_png: str | None = Field(
@@ -112,6 +128,10 @@ class ModelOut(BaseModel):
     gate_threshold: float
     classifier: dict[str, Any] | None
     segmenter: dict[str, Any] | None
+    detector: dict[str, Any] | None = None
+    box_score_threshold: float | None = Field(
+        None, description="with a detector: boxes scoring below this are not returned"
+    )
     metrics: dict[str, Any] = Field(description="validation metrics the thresholds were tuned at")
     limits: dict[str, Any] = Field(
         description="upload limit, decoded-pixel limit, batch size, queue bound"

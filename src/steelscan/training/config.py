@@ -172,6 +172,12 @@ class TrainConfig(_Strict):
                 crop_width=256,
                 loss="bce_dice",
             ),
+            detector=DetectorConfig(
+                encoder="mobilenetv3_small_050",
+                options={"fpn_channels": 32},
+                epochs=1,
+                batch_size=4,
+            ),
             accelerator="cpu",
             devices=1,
             precision="32",

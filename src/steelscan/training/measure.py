@@ -3,8 +3,9 @@
 Each engine and precision this machine can run (:func:`candidates`, filtered by
 :func:`steelscan.inference.engines.runnable_here`) is scored and timed on the same validation
 images through :class:`~steelscan.inference.predictor.Predictor`, the road every image takes in
-production, so the record says what ``steelscan predict`` will do: its Kaggle score (with the
-tuned post-processing), how far that is from torch float32's, and its end-to-end speed
+production, so the record says what ``steelscan predict`` will do: its score (with the tuned
+post-processing; the Kaggle score, or box mAP@0.5 for a bundle whose only defect-finding stage is
+a detector: :func:`score_metric`), how far that is from torch float32's, and its end-to-end speed
 (decode, model, post-processing; pipelined; the first images left out as warm-up). The records go
 to ``manifest.metrics["engines"]`` (format: :data:`steelscan.inference.engines.ENGINE_RECORDS`),
 where ``--engine auto`` reads them. The int8 model is kept only if an int8 engine keeps the
@@ -85,40 +86,74 @@ def _warmup_count(n: int, warmup: int, batch_size: int) -> int:
     return min(n - 1, math.ceil(warmup / batch_size) * batch_size)
 
 
+def score_metric(manifest: Any) -> str:
+    """What an engine is scored by: the Kaggle score (Dice) where the bundle has a segmenter,
+    else box mAP@0.5 (pycocotools), the only measure of a detector-only bundle."""
+    return "kaggle" if manifest.segmenter is not None else "box_map50"
+
+
+def _kaggle(manifest: Any, records: Sequence[AnnotatedImage], preds: Sequence[Any]) -> float:
+    """Kaggle score of the predictions' masks against the records' (tuned post-processing)."""
+    from steelscan.evaluation.metrics import DiceAccumulator
+
+    acc = DiceAccumulator(manifest.class_ids, manifest.classes)
+    for rec, pred in zip(records, preds, strict=True):
+        acc.add_masks(np.stack([c.mask for c in pred.result.classes]), rec.masks())
+    return float(acc.report().score)
+
+
+def _box_map50(predictor: Any, records: Sequence[AnnotatedImage], preds: Sequence[Any]) -> float:
+    """Box mAP@0.5 of the raw detector outputs, every box down to the mAP floor (as training's
+    validation computes it), against the records' boxes."""
+    from steelscan.evaluation.detection import box_map
+    from steelscan.inference.boxes import SCORE_FLOOR
+
+    pp = predictor.postprocessor
+    sizes = [(p.result.height, p.result.width) for p in preds]
+    dets = [
+        pp.detections(p.raw, h, w, score_threshold=SCORE_FLOOR)
+        for p, (h, w) in zip(preds, sizes, strict=True)
+    ]
+    truths = [list(r.boxes) for r in records]
+    return float(box_map(truths, dets, sizes, pp.class_names)["map50"])
+
+
 def measure(
     bundle_dir: Path, records: Sequence[AnnotatedImage], cand: Candidate, warmup: int
 ) -> dict[str, Any]:
     """Score and time one engine on ``records`` through the predictor; returns its record
-    (``kaggle_delta`` and ``keeps_score`` are filled in by :func:`measure_engines`)."""
-    from steelscan.evaluation.metrics import DiceAccumulator
+    (the ``*_delta`` and ``keeps_score`` fields are filled in by :func:`measure_engines`)."""
     from steelscan.inference.predictor import Predictor
 
     opts = {"device": "cpu"} if cand.engine == "torch" else {}
     predictor = Predictor(
         bundle_dir, engine=cand.engine, batch_size=cand.batch_size, **cand.options, **opts
     )
+    metric = score_metric(predictor.manifest)
     items = [(r.image_id, r.path) for r in records]
     skip = _warmup_count(len(items), warmup, predictor.batch_size)
-    results = []
+    preds = []
     t0 = time.perf_counter()
-    for i, pred in enumerate(predictor.stream(items)):
+    # box mAP needs every box down to the floor: the raw outputs, not the shown boxes
+    for i, pred in enumerate(predictor.stream(items, keep_raw=metric == "box_map50")):
         if pred.error is not None:
             raise RuntimeError(pred.error)
-        results.append(pred.result)
+        preds.append(pred)
         if i + 1 == skip:
             t0 = time.perf_counter()
     seconds = time.perf_counter() - t0
-    manifest = predictor.manifest
-    acc = DiceAccumulator(manifest.class_ids, manifest.classes)
-    for rec, res in zip(records, results, strict=True):
-        acc.add_masks(np.stack([c.mask for c in res.classes]), rec.masks())
+    if metric == "kaggle":
+        score = _kaggle(predictor.manifest, records, preds)
+    else:
+        score = _box_map50(predictor, records, preds)
     return {
         "engine": cand.engine,
         "options": dict(cand.options),
         "label": cand.label,
         "batch_size": predictor.batch_size,
         "images": len(items),
-        "kaggle": round(float(acc.report().score), 6),
+        "metric": metric,
+        metric: round(score, 6),
         "images_per_s": round((len(items) - skip) / max(seconds, 1e-9), 3),
     }
 
@@ -132,10 +167,13 @@ def measure_engines(
     say: Callable[[str], None] = log.info,
 ) -> list[dict[str, Any]]:
     """One record per engine runnable here (see :data:`~steelscan.inference.engines.
-    ENGINE_RECORDS`); ``kaggle_delta`` is against torch float32 on the same images."""
+    ENGINE_RECORDS`); the score is ``kaggle`` where the bundle has a segmenter, else
+    ``box_map50`` (:func:`score_metric`, named in each record's ``metric``), and its
+    ``kaggle_delta`` / ``box_map50_delta`` is against torch float32 on the same images."""
     from steelscan.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
+    metric = score_metric(bundle.manifest)
     out: list[dict[str, Any]] = []
     for cand in candidates(int8=int8, bf16=cpu_has_bf16()):
         why = runnable_here(bundle, cand.engine, cand.options)
@@ -154,23 +192,31 @@ def measure_engines(
                 "label": cand.label,
                 "batch_size": cand.batch_size,
                 "images": len(records),
-                "kaggle": None,
+                "metric": metric,
+                metric: None,
                 "images_per_s": None,
                 "error": str(exc)[:500],
             }
         out.append(rec)
-    reference = out[0]["kaggle"]
+    _judge(out, metric, say)
+    return out
+
+
+def _judge(out: list[dict[str, Any]], metric: str, say: Callable[[str], None]) -> None:
+    """Fill in each record's delta against the first (torch float32) and ``keeps_score``."""
+    reference = out[0][metric]
+    name = "Kaggle" if metric == "kaggle" else "box mAP@0.5"
     for rec in out:
-        ok = rec["kaggle"] is not None
-        rec["kaggle_delta"] = round(rec["kaggle"] - reference, 6) if ok else None
-        rec["keeps_score"] = bool(ok and rec["kaggle_delta"] >= -SCORE_TOLERANCE)
+        ok = rec[metric] is not None
+        delta = round(rec[metric] - reference, 6) if ok else None
+        rec[f"{metric}_delta"] = delta
+        rec["keeps_score"] = bool(ok and delta >= -SCORE_TOLERANCE)
         if ok:
             say(
                 f"{rec['label']:<22} batch {rec['batch_size']}  {rec['images_per_s']:7.2f} img/s"
-                f"  Kaggle {rec['kaggle']:.4f} ({rec['kaggle_delta']:+.4f})"
+                f"  {name} {rec[metric]:.4f} ({delta:+.4f})"
                 + ("" if rec["keeps_score"] else "  loses the score")
             )
-    return out
 
 
 def int8_keeps_score(records: Sequence[dict[str, Any]]) -> bool:

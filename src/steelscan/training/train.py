@@ -4,7 +4,9 @@ The run is a sequence of named steps, each a function below:
 
 1. :func:`prepare_run`: load the dataset and split it (seeded, stratified);
 2. :func:`fit_gate`: train the classifier gate (best checkpoint reloaded);
-3. :func:`fit_segmenter`: train the segmenter (best checkpoint reloaded);
+3. :func:`fit_segmenter` and :func:`fit_detector`: train the segmenter and the box detector
+   (best checkpoints reloaded), each when enabled (the detector by default when the data has
+   boxes);
 4. :func:`stage_bundle`: save a bundle with the UNTUNED default post-processing into a staging
    directory of the run (manifest: dataset path, validation ids, config);
 5. :func:`tune_staged`: tune it with exactly what ``steelscan tune MODEL DATA`` runs (the torch
@@ -133,13 +135,14 @@ def train(
     with _torch_threads(cfg.cpu_threads):  # the fit only: tuning and timing run as predict does
         clf = fit_gate(run)
         seg, crop_hw = fit_segmenter(run)
-    last = seg or clf
+        det = fit_detector(run)
+    last = det or seg or clf
     assert last is not None
     if not last.is_global_zero:
         return run.out  # DDP: only rank 0 tunes and writes the bundle
-    staged = stage_bundle(run, clf, seg, crop_hw)
+    staged = stage_bundle(run, clf, seg, crop_hw, det)
     seconds = {"fit": round(time.monotonic() - run.started, 2)}
-    if seg is not None:
+    if seg is not None or det is not None:
         t0 = time.monotonic()
         tune_staged(run, staged, _device_name(last.device))
         seconds["tune"] = round(time.monotonic() - t0, 2)
@@ -308,6 +311,54 @@ def fit_segmenter(run: Run) -> tuple[StageResult | None, tuple[int, int] | None]
     return result, crop_hw
 
 
+def fit_detector(run: Run) -> StageResult | None:
+    """Train the box detector (None when it does not train: see :func:`stages_to_train`)."""
+    from steelscan.models.factory import create_detector
+    from steelscan.training.detection_data import BoxDataModule, box_transform
+    from steelscan.training.detector_module import DetectorModule
+
+    cfg, d = run.cfg, run.cfg.detector
+    if "detector" not in run.stages:
+        return None
+    model = create_detector(
+        d.arch,
+        d.encoder,
+        len(run.ds.classes),
+        in_channels=cfg.in_channels,
+        encoder_weights=d.encoder_weights,
+        weights_sha256=d.weights_sha256,
+        **d.options,
+    )
+    transform = box_transform(
+        hflip=d.hflip,
+        vflip=d.vflip,
+        scale_jitter=d.scale_jitter,
+        brightness_contrast=d.brightness_contrast,
+        seed=cfg.seed,
+    )
+    dm = BoxDataModule(
+        run.train_records,
+        run.val_records,
+        in_channels=cfg.in_channels,
+        mean=run.norm.mean,
+        std=run.norm.std,
+        batch_size=d.batch_size,
+        transform=transform,
+        num_workers=cfg.num_workers,
+    )
+    opt = OptimSettings(cfg.optimizer, d.lr, cfg.weight_decay, cfg.scheduler, d.epochs)
+    return fit_stage(
+        "detector",
+        DetectorModule(model, list(run.ds.classes), opt),
+        dm,
+        cfg,
+        run.run_dir,
+        epochs=d.epochs,
+        max_minutes=run.minutes("detector"),
+        progress=run.show,
+    )
+
+
 # --------------------------------------------------------------------------- 4. staged bundle
 def _image_size(records: list[AnnotatedImage]) -> tuple[int, int]:
     """The most common (height, width): the size the bundle is validated at."""
@@ -346,6 +397,7 @@ def stage_bundle(
     clf: StageResult | None,
     seg: StageResult | None,
     crop_hw: tuple[int, int] | None,
+    det: StageResult | None = None,
 ) -> Path:
     """Save the trained networks with the untuned default post-processing into
     ``<run_dir>/bundle.staging`` (replacing a failed run's leftovers); returns that directory."""
@@ -362,6 +414,8 @@ def stage_bundle(
         metrics["gate_accuracy"] = clf.summary.get(f"best_{ClassifierModule.monitor}")
     if seg is not None:
         metrics["segmenter"] = seg.summary
+    if det is not None:
+        metrics["detector"] = det.summary
     manifest = ModelManifest(
         steelscan_version=__version__,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -376,6 +430,7 @@ def stage_bundle(
         pad_multiple=PAD_MULTIPLE,
         classifier=spec_for(clf.model) if clf else None,
         segmenter=spec_for(seg.model) if seg else None,
+        detector=spec_for(det.model) if det else None,
         postprocess=default_postprocess(k, "hard" if clf else "none"),
         training=training_summary(run, crop_hw),
         metrics=metrics,
@@ -388,6 +443,7 @@ def stage_bundle(
         manifest,
         classifier=clf.model if clf else None,
         segmenter=seg.model if seg else None,
+        detector=det.model if det else None,
     )
 
 
@@ -404,11 +460,14 @@ def tune_staged(run: Run, staged: Path, device: str) -> dict[str, Any]:
     records = tuning_records(select_records(run.ds, manifest, "val"), manifest)
     run.say(f"tuning post-processing on {len(records)} validation images")
     outcome = tune_on(predictor, records, progress=run.show and interactive())
-    run.say(f"post-processing tuned: Kaggle score {outcome.before:.4f} -> {outcome.after:.4f}")
+    what = "Kaggle score" if outcome.score == "kaggle" else "box mAP@0.5"
+    run.say(f"post-processing tuned: {what} {outcome.before:.4f} -> {outcome.after:.4f}")
     tuned = predictor.postprocessor.with_params(outcome.postprocess)
     metrics = dict(manifest.metrics)
-    metrics["kaggle_before_tuning"] = float(outcome.before)
-    metrics["kaggle_after_tuning"] = float(outcome.after)
+    metrics[f"{outcome.score}_before_tuning"] = float(outcome.before)
+    metrics[f"{outcome.score}_after_tuning"] = float(outcome.after)
+    if outcome.boxes is not None:
+        metrics["box_tuning"] = outcome.boxes
     metrics.update(validation_metrics(tuned, outcome.raws, outcome.truths, outcome.records))
     update_manifest(staged, postprocess=outcome.postprocess, metrics=metrics)
     return metrics
@@ -426,22 +485,39 @@ def validation_metrics(
     report on these images, the hard gate's skipped images included."""
     from steelscan.evaluation.metrics import DiceAccumulator
 
-    acc = DiceAccumulator(postprocessor.class_ids, postprocessor.class_names)
-    for raw, truth in zip(raws, truths, strict=True):
-        acc.add_masks(postprocessor.masks(raw)[1], truth)
-    report = acc.report().to_dict()
-    out: dict[str, Any] = {
-        "val_images_scored": len(raws),
-        "kaggle_score": float(report["score"]),
-        "kaggle_all_empty_baseline": float(report["empty_baseline"]),
-        "mean_dice_nonempty": report["dice_nonempty"],
-    }
+    out: dict[str, Any] = {"val_images_scored": len(raws)}
+    if postprocessor.has_segmenter:  # masks of a detector-only bundle are empty by construction
+        acc = DiceAccumulator(postprocessor.class_ids, postprocessor.class_names)
+        for raw, truth in zip(raws, truths, strict=True):
+            acc.add_masks(postprocessor.masks(raw)[1], truth)
+        report = acc.report().to_dict()
+        out["kaggle_score"] = float(report["score"])
+        out["kaggle_all_empty_baseline"] = float(report["empty_baseline"])
+        out["mean_dice_nonempty"] = report["dice_nonempty"]
+    if postprocessor.has_detector:
+        out.update(box_metrics(postprocessor, raws, records))
     if postprocessor.has_classifier:
         threshold = postprocessor.params.gate_threshold
         flagged = [postprocessor.defect_probability(r.class_probs) >= threshold for r in raws]
         truth = [r.defective for r in records]
         out["gate_accuracy"] = float(np.mean(np.equal(flagged, truth)))
     return out
+
+
+def box_metrics(
+    postprocessor: Any, raws: list[Any], records: list[AnnotatedImage]
+) -> dict[str, Any]:
+    """Box mAP (pycocotools) of the detector on these images, every box down to the mAP floor."""
+    from steelscan.evaluation.detection import box_map
+    from steelscan.inference.boxes import SCORE_FLOOR
+
+    sizes = [r.mask_probs.shape[1:] for r in raws]
+    dets = [
+        postprocessor.detections(r, h, w, score_threshold=SCORE_FLOOR)
+        for r, (h, w) in zip(raws, sizes, strict=True)
+    ]
+    m = box_map([list(r.boxes) for r in records], dets, sizes, postprocessor.class_names)
+    return {"box_map50": m["map50"], "box_map": m["map"], "box_ap_per_class": m["per_class"]}
 
 
 # --------------------------------------------------------------------------- 6. export

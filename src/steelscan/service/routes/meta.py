@@ -78,6 +78,8 @@ def model_metadata(state: ServiceState) -> dict[str, Any]:
         "gate_threshold": pp.gate_threshold,
         "classifier": _stage(manifest.classifier),
         "segmenter": _stage(manifest.segmenter),
+        "detector": _stage(manifest.detector),
+        "box_score_threshold": pp.box_score_threshold if manifest.detector else None,
         "metrics": manifest.metrics,
         "limits": state.config.limits(),
     }

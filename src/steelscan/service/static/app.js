@@ -4,6 +4,10 @@
 // final mask (the model's tuned decision) and a "candidate" mask (what the class would look like
 // if its presence threshold let it through), both as Kaggle RLE. Masks are decoded and drawn here,
 // so the class toggles and the threshold slider work without asking the server again.
+// With a detector in the model the answer also lists its boxes ("detections", best first); they
+// are drawn as elements over the image (.det-box, one per box, with a "name score" tag) and the
+// same class toggles hide them. They are the model's decision at its tuned box score threshold:
+// the presence-threshold slider acts on masks only.
 "use strict";
 
 const FALLBACK_COLORS = ["#e69f00", "#56b4e9", "#009e73", "#d55e00", "#cc79a7", "#f0e442", "#0072b2", "#969696"];
@@ -17,6 +21,7 @@ const state = {
   threshold: 0.5,
   showBoxes: true,
   showFill: true,
+  showDetections: true,
   items: [],          // {file, card, result, error, bitmap, masks: Map}
 };
 
@@ -215,12 +220,14 @@ function render(item) {
   const data = pixels.data;
   const rows = [];
   const boxes = [];
+  const dets = detectionsByClass(result);
   for (const cls of result.classes) {
     const index = state.classes.findIndex((c) => c.class_id === cls.class_id);
     const k = index >= 0 ? index : result.classes.indexOf(cls);
-    const shown = shownMask(cls);
+    const found = dets.get(k) || [];
+    const shown = shownMask(cls) || (found.length ? { rle: "", area: 0, boxes: [] } : null);
     if (!shown) continue;
-    rows.push({ cls, shown, k });
+    rows.push({ cls, shown, k, found });
     if (state.hidden.has(k)) continue;
     const [r, g, b] = hexToRgb(colorOf(k));
     if (state.showFill) {
@@ -247,6 +254,7 @@ function render(item) {
       ctx.strokeRect(x1 + 0.5, y1 + 0.5, x2 - x1 - 1, y2 - y1 - 1);
     }
   }
+  renderDetections(card, result);
 
   card.dataset.status = "done";
   const n = rows.length;
@@ -256,25 +264,70 @@ function render(item) {
   $(".meta", card).textContent =
     `${w} × ${h} px · P(defect) ${(result.defect_probability * 100).toFixed(1)}% · ` +
     `${Math.round(t.total || 0)} ms`;
-  renderTable(card, rows);
+  renderTable(card, rows, Array.isArray(result.detections));
 }
 
-function renderTable(card, rows) {
+// The detector's boxes of one result, per 0-based class index, best first.
+function detectionsByClass(result) {
+  const byClass = new Map();
+  for (const d of result.detections || []) {
+    if (!byClass.has(d.class_index)) byClass.set(d.class_index, []);
+    byClass.get(d.class_index).push(d);
+  }
+  return byClass;
+}
+
+// One absolutely placed element per detector box, in percent of the image so it follows the
+// canvas when the page scales it; a class toggled off in the legend gets none, as its mask gets
+// no pixels. Drawn worst first, so the best box and its tag end on top.
+function renderDetections(card, result) {
+  const layer = $(".det-layer", card);
+  layer.replaceChildren();
+  layer.hidden = !state.showDetections;
+  const { width: w, height: h } = result;
+  const dets = result.detections || [];
+  for (let i = dets.length - 1; i >= 0; i--) {
+    const d = dets[i];
+    if (state.hidden.has(d.class_index)) continue;
+    const [x1, y1, x2, y2] = d.box;
+    const el = document.createElement("div");
+    el.className = "det-box";
+    el.dataset.classIndex = String(d.class_index);
+    el.dataset.classId = String(d.class_id);
+    Object.assign(el.style, {
+      left: `${(100 * x1) / w}%`,
+      top: `${(100 * y1) / h}%`,
+      width: `${(100 * (x2 - x1)) / w}%`,
+      height: `${(100 * (y2 - y1)) / h}%`,
+      borderColor: colorOf(d.class_index),
+    });
+    el.title = `${classLabel(d)} · score ${d.score.toFixed(3)} · ${x1}, ${y1} – ${x2}, ${y2}`;
+    const tag = document.createElement("span");
+    tag.className = y1 < 0.08 * h ? "det-tag below" : "det-tag";
+    tag.style.background = colorOf(d.class_index);
+    tag.textContent = `${d.name} ${d.score.toFixed(2)}`;
+    el.append(tag);
+    layer.append(el);
+  }
+}
+
+function renderTable(card, rows, hasDetector) {
   const table = $(".defects", card);
   const tbody = $("tbody", table);
   tbody.replaceChildren();
   table.hidden = false;
+  table.classList.toggle("no-detector", !hasDetector);
   if (!rows.length) {
     const tr = tbody.insertRow();
     const td = tr.insertCell();
-    td.colSpan = 4;
+    td.colSpan = hasDetector ? 5 : 4;
     td.className = "none";
     td.textContent = state.useModel
       ? "No defects found at the model's tuned thresholds."
       : `No class reaches the presence threshold ${state.threshold.toFixed(2)}.`;
     return;
   }
-  for (const { cls, shown, k } of rows) {
+  for (const { cls, shown, k, found } of rows) {
     const tr = tbody.insertRow();
     tr.dataset.classId = String(cls.class_id);
     if (state.hidden.has(k)) tr.classList.add("muted");
@@ -294,6 +347,9 @@ function renderTable(card, rows) {
     const list = shown.boxes.slice(0, 3).map(([x1, y1, x2, y2]) => `${x1}, ${y1} – ${x2}, ${y2}`);
     if (shown.boxes.length > 3) list.push(`+${shown.boxes.length - 3} more`);
     bx.textContent = list.join("; ");
+    const det = tr.insertCell();
+    det.className = "num dets";
+    det.textContent = found.length ? `${found.length} · best ${found[0].score.toFixed(2)}` : "";
   }
 }
 
@@ -386,6 +442,10 @@ function wire() {
   });
   $("#show-boxes").addEventListener("change", (e) => {
     state.showBoxes = e.target.checked;
+    renderAll();
+  });
+  $("#show-detections").addEventListener("change", (e) => {
+    state.showDetections = e.target.checked;
     renderAll();
   });
   $("#show-fill").addEventListener("change", (e) => {
