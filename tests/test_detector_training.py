@@ -138,3 +138,28 @@ def test_detector_switched_on_without_boxes_is_a_clear_error(synth_small, tmp_pa
     cfg = TrainConfig.tiny().with_overrides({"detector.enabled": True})
     with pytest.raises(ConfigError, match="no boxes"):
         train(data, tmp_path / "model", cfg, progress=False)
+
+
+def test_detector_alone_trains_and_resumes_from_its_last_checkpoint(neu_dir, tmp_path):
+    """Gate and segmenter off: a detector-only bundle. A second run with more epochs and
+    ``resume`` continues the detector's Lightning run instead of starting over."""
+    from steelscan.bundle import read_manifest
+    from steelscan.training import TrainConfig, train
+
+    data = _neu_subset(neu_dir, tmp_path / "neu", per_class=2)
+    base = {
+        "classifier.enabled": False,
+        "segmenter.enabled": False,
+        "run_dir": str(tmp_path / "runs"),
+        "limit_train_batches": 2,
+    }
+    cfg = TrainConfig.tiny().with_overrides(base)
+    first = read_manifest(train(data, tmp_path / "model", cfg, progress=False))
+    assert first.classifier is None and first.segmenter is None and first.detector is not None
+    assert first.metrics["detector"]["epochs_run"] == 1
+    assert first.metrics["detector"]["resumed_from"] is None
+    cfg2 = TrainConfig.tiny().with_overrides({**base, "detector.epochs": 2, "resume": True})
+    second = read_manifest(train(data, tmp_path / "model", cfg2, progress=False))
+    assert second.metrics["detector"]["resumed_from"].endswith("last.ckpt")
+    assert second.metrics["detector"]["epochs_run"] == 2
+    assert "box_map50_after_tuning" in second.metrics

@@ -61,8 +61,10 @@ def _print_result(r: DemoResult) -> None:
                 continue
             mark = "" if e.get("keeps_score") else "  (loses the score)"
             chosen = "  <- used" if e["label"] == r.engine else ""
+            metric = e.get("metric", "kaggle")
+            name = "Kaggle" if metric == "kaggle" else "box mAP@0.5"
             typer.echo(
-                f"  {e['label']:<20} {e['images_per_s']:7.1f} img/s   Kaggle {e['kaggle']:.4f}"
+                f"  {e['label']:<20} {e['images_per_s']:7.1f} img/s   {name} {e[metric]:.4f}"
                 f"{mark}{chosen}"
             )
     typer.echo(f"model:       {r.out / 'model'}")

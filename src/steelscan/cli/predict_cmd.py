@@ -65,8 +65,8 @@ def predict(
         "csv,jsonl",
         "--format",
         help="Comma-separated outputs: csv (submission.csv), jsonl (predictions.jsonl), coco "
-        "(coco_results.json + coco_images.json: one instance per connected component, for "
-        "pycocotools, FiftyOne, CVAT). errors.csv is always written.",
+        "(coco_results.json + coco_images.json: one instance per mask component and one per "
+        "detector box, for pycocotools, FiftyOne, CVAT). errors.csv is always written.",
     ),
 ) -> None:
     """Inspect images with a trained model; writes one result per image, each image once.

@@ -213,6 +213,7 @@ class _Tally:
         self.detections: list[list] = []
         self.sizes: list[tuple[int, int]] = []
         self.per_image: list[dict[str, Any]] = []
+        self.verdicts: list[tuple[bool, bool]] = []  # (truth defective, result has_defect)
 
     def _add_masks(self, s: Sample, row: dict[str, Any]) -> None:
         from steelscan.evaluation.overlap import mask_areas
@@ -254,6 +255,7 @@ class _Tally:
         if self.boxes or self.detects:
             self._add_boxes(s, row)
         self.per_image.append(row)
+        self.verdicts.append((bool(s.record.defective), bool(s.result.has_defect)))
         cp = np.asarray(s.raw.class_probs, dtype=float).reshape(-1)[: self.k]
         self.y_any.append(int(s.record.defective))
         self.p_any.append(s.result.defect_probability)
@@ -280,6 +282,21 @@ class _Tally:
         if self.one_label and multi:
             gate["top1_accuracy"] = float(np.mean(self.top1))
         return gate
+
+    def verdict(self) -> dict[str, Any] | None:
+        """Defect vs clean as the whole pipeline answers it (``has_defect``: some class present
+        after the gate, thresholds and areas), for every bundle, with or without a gate."""
+        if not self.verdicts:
+            return None
+        truth = np.array([t for t, _ in self.verdicts], bool)
+        said = np.array([p for _, p in self.verdicts], bool)
+        return {
+            "accuracy": float(np.mean(truth == said)),
+            "defect_images": int(truth.sum()),
+            "clean_images": int((~truth).sum()),
+            "missed_defects": int((truth & ~said).sum()),
+            "false_alarms": int((~truth & said).sum()),
+        }
 
     def segmentation(self, has_masks: bool) -> dict[str, Any] | None:
         """The Kaggle/Dice figures, or None for a detector-only bundle (no masks to score)."""
@@ -369,6 +386,7 @@ def evaluate(
         "gate": gate,
         "boxes": boxes,
         "detection": detection,
+        "verdict": tally.verdict(),
         "per_image": tally.per_image,
     }
 

@@ -113,11 +113,13 @@ class EngineChoice:
 #    "label": "openvino int8+bf16",                 EngineChoice(engine, options).label
 #    "batch_size": 1,                                the batch size it was timed at
 #    "images": 32,                                   validation images scored (and timed)
-#    "kaggle": 0.97,                                 Kaggle score through the Predictor
-#    "kaggle_delta": -0.001,                         kaggle minus torch float32's on the same images
+#    "metric": "kaggle",                             or "box_map50" (a bundle without segmenter)
+#    "kaggle": 0.97,                                 the metric through the Predictor (Kaggle
+#                                                    score, or pycocotools box mAP@0.5)
+#    "kaggle_delta": -0.001,                         it minus torch float32's on the same images
 #    "images_per_s": 15.5,                           end to end through Predictor.stream, warm-up
 #                                                    images left out (None when it failed)
-#    "keeps_score": true}                            kaggle_delta >= -SCORE_TOLERANCE
+#    "keeps_score": true}                            <metric>_delta >= -SCORE_TOLERANCE
 #
 # plus "error" (a message) for an engine that could not run. Written by
 # steelscan.training.measure; read by choose_engine.

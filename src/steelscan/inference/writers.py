@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, Any
 
@@ -289,14 +289,32 @@ class TableWriter:
             f.discard()
 
 
+def overlay_name(image_id: str) -> str:
+    """The overlay file of an image id: its folders joined by ``__`` and its extension dropped.
+
+    ``crazing_1.jpg`` -> ``crazing_1.png``; ``MT_Crack/Imgs/a.jpg`` -> ``MT_Crack__Imgs__a.png``.
+    Image ids are unique in a run, so two images with one stem in two class folders (mask-folder
+    datasets) get two overlays instead of one overwriting the other.
+    """
+    parts = [
+        p
+        for p in PurePosixPath(str(image_id).replace("\\", "/")).parts
+        if p not in ("/", "..", ".")
+    ]
+    if not parts:
+        return "image.png"
+    parts[-1] = PurePosixPath(parts[-1]).stem or parts[-1]
+    return "__".join(parts) + ".png"
+
+
 def write_overlay(
     out: Path,
     result: InspectionResult,
     image: np.ndarray,
     truth: AnnotatedImage | None = None,
 ) -> Path:
-    """Render and write ``out/overlays/<stem>.png`` atomically; returns its path."""
-    path = Path(out) / OVERLAY_DIR / f"{Path(result.image_id).stem}.png"
+    """Render and write ``out/overlays/<name>.png`` (:func:`overlay_name`) atomically."""
+    path = Path(out) / OVERLAY_DIR / overlay_name(result.image_id)
     write_bytes_atomic(path, encode_png(render_overlay(image, result, truth)))
     return path
 
@@ -309,7 +327,7 @@ class PredictionWriter:
     (empty EncodedPixels when absent). ``predictions.jsonl``: one object per image
     (``InspectionResult.to_dict()`` plus ``path`` and ``error``, null unless it failed).
     ``errors.csv``: ``ImageId,path,error`` for images that could not be inspected.
-    ``overlays/<stem>.png`` when ``overlays``. On an exception nothing is renamed into place.
+    ``overlays/<name>.png`` (:func:`overlay_name`) when ``overlays``. On an exception nothing is renamed into place.
     (``steelscan predict`` journals the records instead and assembles the same tables from the
     journal at the end; see :mod:`steelscan.inference.journal`.)
     """
