@@ -1,7 +1,7 @@
 """Proof on real steel: train the gate and the box detector on NEU-DET on the CPU and score them.
 
     .venv/bin/python bench/neu.py [--data ../shared/data/neu] [--out runs/neu]
-                                  [--max-minutes 42] [--det-epochs 22] [--cls-epochs 4]
+                                  [--max-minutes 42] [--det-epochs 22] [--cls-epochs 5]
 
 Seeded (0), stratified 80/20 split by image; MobileNetV2 ImageNet weights from ../shared/weights
 for the gate (timm ``mobilenetv2_100``) and for the detector's encoder (FCOS on the same timm
@@ -53,6 +53,9 @@ def build_config(args: argparse.Namespace):
             epochs=args.cls_epochs,
             lr=1e-3,
             batch_size=16,
+            # every NEU image is defective: the any-defect accuracy is 1.0 from epoch 3 on and
+            # kept epoch 3 (top-1 0.9826 in the run of 2026-12-01); pick the epoch by top-1
+            monitor="val_top1",
         ),
         segmenter=SegmenterConfig(
             enabled=args.segmenter,
@@ -138,7 +141,7 @@ def main() -> int:
     ap.add_argument("--weights", type=Path, default=MOBILENET)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "neu")
     ap.add_argument("--max-minutes", type=float, default=42.0)
-    ap.add_argument("--cls-epochs", type=int, default=4)
+    ap.add_argument("--cls-epochs", type=int, default=5)
     ap.add_argument("--det-epochs", type=int, default=22)
     ap.add_argument("--det-lr", type=float, default=1e-3)
     ap.add_argument("--det-scale", type=float, default=1.0)

@@ -163,3 +163,33 @@ def test_detector_alone_trains_and_resumes_from_its_last_checkpoint(neu_dir, tmp
     assert second.metrics["detector"]["resumed_from"].endswith("last.ckpt")
     assert second.metrics["detector"]["epochs_run"] == 2
     assert "box_map50_after_tuning" in second.metrics
+
+
+@pytest.mark.parametrize(
+    ("encoder", "weights"),
+    [
+        ("mobilenetv2_100", "mobilenet_v2-b0353104.pth"),
+        ("tf_efficientnet_lite0", "efficientnet-lite0-57934424.pth"),
+    ],
+)
+def test_imagenet_weights_from_shared_load_into_the_detector_encoder(encoder, weights):
+    """Both ImageNet files in ../shared/weights fill every tensor of the detector's encoder, and
+    the encoder then computes what the same file gives a plain timm feature extractor."""
+    import timm
+    from conftest import shared_path
+
+    from steelscan.models.factory import create_detector
+    from steelscan.models.pretrained import load_local_weights
+
+    path = shared_path("weights", weights)
+    model = create_detector("fcos", encoder, 6, encoder_weights=str(path))
+    report = model.weights_report
+    assert report.loaded == report.total and not report.missing
+    ref = timm.create_model(encoder, features_only=True, out_indices=(2, 3, 4))
+    load_local_weights(ref, path)
+    model.eval()
+    ref.eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        for a, b in zip(model.encoder(x), ref(x), strict=True):
+            assert torch.allclose(a, b)

@@ -39,6 +39,10 @@ class ClassifierConfig(_Strict):
     crop_height: int | None = Field(None, ge=32)
     crop_width: int | None = Field(None, ge=32)
     defect_crop_bias: float = Field(0.5, ge=0, le=1)
+    # The validation figure that picks the best epoch: the any-defect accuracy, or top-1 on
+    # single-label images (when every image is defective, as in NEU-DET, the any-defect
+    # accuracy reaches 1.0 within epochs and stops telling epochs apart).
+    monitor: Literal["val_gate_acc", "val_top1"] = "val_gate_acc"
 
 
 class SegmenterConfig(_Strict):

@@ -20,6 +20,7 @@ from torchmetrics.classification import BinaryAccuracy, MultilabelAccuracy
 from steelscan.inference.postprocess import any_defect_probability
 
 CLASSIFIER_MONITOR = "val_gate_acc"
+CLASSIFIER_MONITORS = ("val_gate_acc", "val_top1")
 SEGMENTER_MONITOR = "val_kaggle"
 SEGMENTER_MONITORS = ("val_kaggle", "val_dice_nonempty")
 
@@ -76,13 +77,23 @@ class ClassifierModule(L.LightningModule):
 
     monitor = CLASSIFIER_MONITOR
 
-    def __init__(self, model: nn.Module, num_classes: int, opt: OptimSettings):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        opt: OptimSettings,
+        monitor: str = CLASSIFIER_MONITOR,
+    ):
         super().__init__()
+        if monitor not in CLASSIFIER_MONITORS:
+            raise ValueError(f"classifier monitor must be one of {CLASSIFIER_MONITORS}")
+        self.monitor = monitor
         self.model = model
         self.opt = opt
         self.loss = nn.BCEWithLogitsLoss()
         self.val_gate_acc = BinaryAccuracy()
         self.val_class_acc = MultilabelAccuracy(num_labels=num_classes, average="macro")
+        self.val_top1 = MeanMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -112,10 +123,17 @@ class ClassifierModule(L.LightningModule):
         probs = torch.sigmoid(logits.float())
         # the post-processor's "any defect" rule, so val_gate_acc is the gate inference runs
         self.val_gate_acc.update(any_defect_probability(probs), target.amax(dim=1).int())
-        self.log(self.monitor, self.val_gate_acc, prog_bar=True, batch_size=len(logits))
+        self.log("val_gate_acc", self.val_gate_acc, prog_bar=True, batch_size=len(logits))
         if probs.shape[1] == target.shape[1]:
             self.val_class_acc.update(probs, target.int())
             self.log("val_class_acc", self.val_class_acc, batch_size=len(logits))
+            # top-1: the most probable class is the image's one class (single-label images;
+            # NEU-DET). Logged as 0 when a validation set has none, so it can still monitor.
+            one = target.sum(dim=1) == 1
+            if bool(one.any()):
+                hit = probs[one].argmax(dim=1) == target[one].argmax(dim=1)
+                self.val_top1.update(hit.float())
+            self.log("val_top1", self.val_top1, batch_size=len(logits))
 
     def configure_optimizers(self) -> Any:
         return configure(self, self.opt, self.monitor)

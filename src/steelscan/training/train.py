@@ -265,7 +265,7 @@ def fit_gate(run: Run) -> StageResult | None:
     crop = crop_for(run.ds.records, c.crop_height, c.crop_width) if run.ds.has_masks else None
     return fit_stage(
         "classifier",
-        ClassifierModule(model, k, opt),
+        ClassifierModule(model, k, opt, c.monitor),
         run.datamodule(c.batch_size, crop, c.defect_crop_bias),
         cfg,
         run.run_dir,
