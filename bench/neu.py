@@ -135,6 +135,25 @@ def engine_speeds(manifest) -> list[dict]:
     return rows
 
 
+def remeasure(model: Path, data: Path, cfg) -> None:
+    """The training run's export-and-measure step again, on the finished bundle."""
+    from steelscan.bundle import read_manifest, update_manifest
+    from steelscan.data import load_dataset
+    from steelscan.evaluation.evaluate import select_records
+    from steelscan.inference.engines import ENGINE_RECORDS
+    from steelscan.training.measure import export_and_measure
+
+    manifest = read_manifest(model)
+    ds = load_dataset(data)
+    val = select_records(ds, manifest, "val")
+    val_ids = {r.image_id for r in val}
+    train_records = [r for r in ds.records if r.image_id not in val_ids]
+    records = export_and_measure(model, train_records, val, cfg.export, say=print)
+    metrics = dict(read_manifest(model).metrics)
+    metrics[ENGINE_RECORDS] = records
+    update_manifest(model, metrics=metrics)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "neu")
@@ -153,6 +172,11 @@ def main() -> int:
         action="store_true",
         help="do not train: rebuild OUT/results.json from the bundle already in OUT/model",
     )
+    ap.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="with --summarize-only: export and measure the engines again on the bundle",
+    )
     args = ap.parse_args()
     for p, what in ((args.data, "NEU-DET data"), (args.weights, "MobileNetV2 weights")):
         if not p.exists():
@@ -170,6 +194,8 @@ def main() -> int:
     if not args.summarize_only:
         train(args.data, model, cfg)
     train_s = time.perf_counter() - t0
+    if args.summarize_only and args.remeasure:
+        remeasure(model, args.data, cfg)
     manifest = read_manifest(model)
     top1, n_val = top1_accuracy(model, args.data)
     metrics = manifest.metrics

@@ -327,7 +327,8 @@ class PredictionWriter:
     (empty EncodedPixels when absent). ``predictions.jsonl``: one object per image
     (``InspectionResult.to_dict()`` plus ``path`` and ``error``, null unless it failed).
     ``errors.csv``: ``ImageId,path,error`` for images that could not be inspected.
-    ``overlays/<name>.png`` (:func:`overlay_name`) when ``overlays``. On an exception nothing is renamed into place.
+    ``overlays/<name>.png`` (:func:`overlay_name`) when ``overlays``. On an exception nothing
+    is renamed into place.
     (``steelscan predict`` journals the records instead and assembles the same tables from the
     journal at the end; see :mod:`steelscan.inference.journal`.)
     """

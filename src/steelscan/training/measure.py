@@ -224,6 +224,15 @@ def int8_keeps_score(records: Sequence[dict[str, Any]]) -> bool:
     return any(r.get("keeps_score") and (r.get("options") or {}).get("int8") for r in records)
 
 
+def spread(records: Sequence[AnnotatedImage], n: int) -> list[AnnotatedImage]:
+    """``n`` records evenly spaced over ``records``, in order (all of them when there are <= n)."""
+    records = list(records)
+    if len(records) <= n:
+        return records
+    step = len(records) / n
+    return [records[int(i * step)] for i in range(n)]
+
+
 def export_and_measure(
     bundle_dir: Path,
     train_records: Sequence[AnnotatedImage],
@@ -232,8 +241,9 @@ def export_and_measure(
     say: Callable[[str], None] = log.info,
 ) -> list[dict[str, Any]]:
     """Export ``bundle_dir`` in place (fp32; int8 calibrated on training images), measure every
-    engine on the first ``cfg.measure_images`` validation images and drop the int8 model if no
-    int8 engine kept the score. Returns the engine records."""
+    engine on ``cfg.measure_images`` validation images spread evenly over the split (the first
+    ones of a split sorted by name can all be one class: NEU's first 64 are crazing and
+    inclusion) and drop the int8 model if no int8 engine kept the score. Returns the records."""
     from steelscan.bundle import read_manifest
     from steelscan.inference.export import drop_int8, export_in_place, record_batches
 
@@ -244,7 +254,7 @@ def export_and_measure(
     export_in_place(bundle_dir, calibration=calibration, progress=say)
     records = measure_engines(
         bundle_dir,
-        list(val_records)[: cfg.measure_images],
+        spread(val_records, cfg.measure_images),
         int8=calibration is not None,
         warmup=cfg.warmup_images,
         say=say,
