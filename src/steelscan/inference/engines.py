@@ -299,7 +299,8 @@ class TorchEngine:
             module = module.to(memory_format=torch.channels_last)
         return module
 
-    def _run(self, module: torch.nn.Module | None, batch: np.ndarray, what: str) -> np.ndarray:
+    def _forward(self, module: torch.nn.Module | None, batch: np.ndarray, what: str) -> Any:
+        """``module(batch)`` on the device, in inference mode and the engine's precision."""
         torch = self._torch
         if module is None:
             raise RuntimeError(f"this bundle has no {what}")
@@ -313,10 +314,13 @@ class TorchEngine:
             else nullcontext()
         )
         with torch.inference_mode(), autocast:
-            out = module(x)
-            if isinstance(out, (tuple, list)):  # segmenters with an aux head return (masks, labels)
-                out = out[0]
-            probs = torch.sigmoid(out.float())
+            return module(x)
+
+    def _run(self, module: torch.nn.Module | None, batch: np.ndarray, what: str) -> np.ndarray:
+        out = self._forward(module, batch, what)
+        if isinstance(out, (tuple, list)):  # segmenters with an aux head return (masks, labels)
+            out = out[0]
+        probs = self._torch.sigmoid(out.float())
         return probs.contiguous().cpu().numpy()
 
     def classify(self, batch: np.ndarray) -> np.ndarray:
@@ -326,18 +330,5 @@ class TorchEngine:
         return self._run(self.segmenter, batch, "segmenter")
 
     def detect(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        torch = self._torch
-        if self.detector is None:
-            raise RuntimeError("this bundle has no detector")
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        half = torch.bfloat16 if self.bf16 else torch.float16 if self.fp16 else None
-        autocast = (
-            torch.autocast(device_type=self.device.split(":")[0], dtype=half)
-            if half is not None
-            else nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            boxes, scores = self.detector(x)
+        boxes, scores = self._forward(self.detector, batch, "detector")
         return boxes.float().cpu().numpy(), scores.float().cpu().numpy()

@@ -15,6 +15,7 @@ crop) and is validated at full resolution.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -118,6 +119,23 @@ def pad_collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return out
 
 
+def make_loader(
+    ds: TorchDataset, batch_size: int, shuffle: bool, num_workers: int, collate_fn: Any
+) -> DataLoader:
+    """The DataLoader every stage trains and validates with: persistent, reseeded workers, and
+    the last partial batch dropped in training only."""
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        persistent_workers=num_workers > 0,
+        drop_last=shuffle and len(ds) > batch_size,
+        worker_init_fn=seed_worker_augmentations if num_workers > 0 else None,
+    )
+
+
 class SteelDataModule(L.LightningDataModule):
     """Train/val loaders for one stage.
 
@@ -164,16 +182,7 @@ class SteelDataModule(L.LightningDataModule):
         return SteelDataset(self.val_records, augment=False, **self.kw)
 
     def _loader(self, ds: SteelDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=pad_collate,
-            persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(ds) > batch_size,
-            worker_init_fn=seed_worker_augmentations if self.num_workers > 0 else None,
-        )
+        return make_loader(ds, batch_size, shuffle, self.num_workers, pad_collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset(), self.batch_size, shuffle=True)

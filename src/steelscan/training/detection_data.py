@@ -24,7 +24,7 @@ from torch.utils.data import Dataset as TorchDataset
 from steelscan.data.records import AnnotatedImage
 from steelscan.imageio import read_image
 from steelscan.imaging import PAD_MULTIPLE, Normaliser, pad_to, padded_size
-from steelscan.training.datamodule import seed_worker_augmentations
+from steelscan.training.datamodule import make_loader
 
 
 def box_transform(
@@ -159,16 +159,7 @@ class BoxDataModule(L.LightningDataModule):
         self.num_workers = num_workers
 
     def _loader(self, ds: BoxDataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=box_collate,
-            persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(ds) > self.batch_size,
-            worker_init_fn=seed_worker_augmentations if self.num_workers > 0 else None,
-        )
+        return make_loader(ds, self.batch_size, shuffle, self.num_workers, box_collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(
