@@ -82,6 +82,7 @@ def build_config(args: argparse.Namespace):
         scheduler="cosine",
         early_stopping_patience=None,
         max_minutes=args.max_minutes,
+        resume=args.resume,
         num_workers=1,
         accelerator="cpu",
         devices=1,
@@ -100,6 +101,11 @@ def main() -> int:
     ap.add_argument("--seg-epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-export", action="store_true", help="skip the ONNX export and engines")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each stage from its last checkpoint in OUT/model.runs",
+    )
     ap.add_argument(
         "--gate",
         action="store_true",
