@@ -1,15 +1,16 @@
 """Proof on real pixel masks: train steelscan on the Magnetic-tile set on the CPU and score it.
 
     .venv/bin/python bench/magnetic_tile.py [--data ../shared/data/magnetic-tile]
-                                            [--out runs/magnetic-tile] [--max-minutes 28] [--seed 0]
+                                            [--out runs/magnetic-tile] [--max-minutes 27] [--seed 0]
 
 Seeded, stratified 80/20 split by image (``val_fraction=0.2``), MobileNetV2 ImageNet weights from
-../shared/weights for the Unet encoder (smp ``mobilenet_v2``, trained on 128 x 96 crops at full
-resolution, 40 % of them on a defect, validated on full images, best epoch by Dice on the
-defective pairs). By default there is no classifier gate: the segmenter's own verdict (a class
-present after thresholds and minimum areas) says defect or clean, and is the gate accuracy
-reported; ``--gate`` adds a timm ``mobilenetv2_100`` gate trained on 128 x 96 crops labelled from
-the masks, max-pooled. Training and tuning run inside ``--max-minutes``; the export (ONNX +
+../shared/weights for both stages: a timm ``mobilenetv2_100`` gate on full images (batches of like
+size, half size inside the network, average pooling) and a Unet (smp ``mobilenet_v2``) trained on
+192 x 96 crops at full resolution, 60 % of them on a defect, validated on full images, best epoch
+by Dice on the defective pairs; bf16 autocast on channels-last convolutions. ``--no-gate`` trains
+the segmenter alone (its own verdict is then the gate). Both the classifier's accuracy and the
+pipeline's verdict (``has_defect``: gate, then masks after thresholds and minimum areas) are
+reported against the 0.97 bar. Training and tuning run inside ``--max-minutes``; the export (ONNX +
 engine measurements) comes on top. Leaves the bundle in ``OUT/model`` (what
 ``steelscan predict`` / ``steelscan evaluate`` take), the evaluation report in ``OUT/eval`` and
 every figure on the validation split, with the issue's bars, in ``OUT/results.json``.
@@ -43,21 +44,17 @@ def build_config(args: argparse.Namespace):
         val_fraction=0.2,
         in_channels=3,  # grey JPEGs replicated: the ImageNet first conv stays as trained
         classifier=ClassifierConfig(
-            enabled=args.gate,
+            enabled=not args.no_gate,
             arch="mobilenetv2_100",
             encoder_weights=str(args.weights),
             weights_sha256=MOBILENET_SHA if args.weights == MOBILENET else None,
             epochs=args.cls_epochs,
             lr=1e-3,
             batch_size=16,
-            # 128 x 96 crops labelled from the masks (every crop the same size: no padded batches,
-            # whose constant areas skewed the BatchNorm statistics of the full-image gate, run of
-            # 2026-12-01), judged on full images at inference; max pooling makes "a defect
-            # anywhere" the same question at both sizes and keeps small blowholes visible
-            crop_height=128,
-            crop_width=96,
-            defect_crop_bias=0.5,
-            options={"global_pool": "max"},
+            # full images in batches of like size, seen at half size inside the network; average
+            # pooling (max pooling over ImageNet features blew the fresh head's logits up and the
+            # gate stayed at the all-clean answer in both runs of 2026-12-01)
+            options={"input_scale": 0.5},
         ),
         segmenter=SegmenterConfig(
             arch="unet",
@@ -65,21 +62,25 @@ def build_config(args: argparse.Namespace):
             encoder_weights=str(args.weights),
             weights_sha256=MOBILENET_SHA if args.weights == MOBILENET else None,
             epochs=args.seg_epochs,
-            lr=2e-3,
+            lr=3e-3,
             batch_size=16,
-            # the narrowest tiles are 103 px wide: 128 x 96 crops fit every image, at full
-            # resolution so thin cracks keep their width; 40% of crops sit on a defect, so clean
-            # tiles are learnt as empty too
-            crop_height=128,
+            # the narrowest tiles are 103 px wide and the lowest 222 px: 192 x 96 crops fit every
+            # image, at full resolution so thin cracks keep their width; 60 % of crops sit on a
+            # defect (the gate in front judges clean tiles)
+            crop_height=192,
             crop_width=96,
-            defect_crop_bias=0.4,
+            defect_crop_bias=0.6,
             loss="bce_dice",
-            # the gate judges clean tiles; the segmenter is picked by how well it draws defects
-            # (by the Kaggle score the empty epoch 1 won, run of 2026-12-01 in docs/benchmarks.md)
+            # the segmenter is picked by how well it draws defects (by the Kaggle score the
+            # empty epoch 1 won, run of 2026-12-01 in docs/benchmarks.md)
             monitor="val_dice_nonempty",
             options={"decoder_channels": [128, 64, 32, 16, 16]},
         ),
-        scheduler="cosine",
+        scheduler="warmup_cosine",
+        # bf16 autocast on channels-last convolutions: 2.5x the fp32 training speed on this
+        # machine's AMX cores (1.5x from channels-last alone on AVX2-only CPUs)
+        precision="bf16-mixed",
+        channels_last=True,
         early_stopping_patience=None,
         max_minutes=args.max_minutes,
         resume=args.resume,
@@ -96,9 +97,9 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "magnetic-tile")
     ap.add_argument("--weights", type=Path, default=MOBILENET)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "magnetic-tile")
-    ap.add_argument("--max-minutes", type=float, default=28.0)
-    ap.add_argument("--cls-epochs", type=int, default=20)
-    ap.add_argument("--seg-epochs", type=int, default=30)
+    ap.add_argument("--max-minutes", type=float, default=27.0)
+    ap.add_argument("--cls-epochs", type=int, default=12)
+    ap.add_argument("--seg-epochs", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-export", action="store_true", help="skip the ONNX export and engines")
     ap.add_argument(
@@ -107,10 +108,9 @@ def main() -> int:
         help="continue each stage from its last checkpoint in OUT/model.runs",
     )
     ap.add_argument(
-        "--gate",
+        "--no-gate",
         action="store_true",
-        help="also train the classifier gate (off by default: in both runs of 2026-12-01 it "
-        "stayed at the all-clean accuracy; without it the segmenter's own verdict is the gate)",
+        help="segmenter only: its own verdict (a class present after thresholds) is the gate",
     )
     args = ap.parse_args()
     for p, what in ((args.data, "Magnetic-tile data"), (args.weights, "MobileNetV2 weights")):
@@ -138,6 +138,7 @@ def main() -> int:
     verdict = m.get("verdict") or {}
     # defect vs clean: the classifier's when there is one, else the pipeline's own verdict
     gate_accuracy = gate.get("accuracy") if gate else verdict.get("accuracy")
+    verdict_accuracy = verdict.get("accuracy")
     ds = load_dataset(args.data)
     score, empty = seg.get("score"), seg.get("empty_baseline")
     kaggle_bar = None if empty is None else empty + (1 - empty) / 2
@@ -151,6 +152,7 @@ def main() -> int:
         "load_average": os.getloadavg(),
         "gate_accuracy": gate_accuracy,
         "gate_accuracy_from": "classifier" if gate else "segmenter verdict (has_defect)",
+        "verdict_accuracy": verdict_accuracy,
         "verdict": verdict,
         "gate_roc_auc": gate.get("roc_auc"),
         "gate": gate,
@@ -163,6 +165,7 @@ def main() -> int:
         "segmentation": seg,
         "bars": {
             "gate_accuracy>=0.97": gate_accuracy is not None and gate_accuracy >= GATE_BAR,
+            "verdict_accuracy>=0.97": verdict_accuracy is not None and verdict_accuracy >= GATE_BAR,
             "mean_iou>=0.70": overlap.get("mean_iou") is not None
             and overlap["mean_iou"] >= MIOU_BAR,
             "kaggle>=baseline+half_gap": score is not None

@@ -19,7 +19,21 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from steelscan.data.records import Box
-from steelscan.inference.boxes import DetectedBox
+from steelscan.inference.boxes import SCORE_FLOOR, DetectedBox
+
+
+def floor_detections(
+    processor: Any, raws: Sequence[Any], sizes: Sequence[tuple[int, int]] | None = None
+) -> list[list[DetectedBox]]:
+    """Every image's boxes down to :data:`~steelscan.inference.boxes.SCORE_FLOOR` under the
+    post-processor's rules (its hard gate included): what mAP is computed on, the same in
+    evaluation, tuning and the end of training. ``sizes`` default to the raws' mask sizes."""
+    if sizes is None:
+        sizes = [tuple(np.asarray(r.mask_probs).shape[1:]) for r in raws]
+    return [
+        processor.detections(r, int(h), int(w), score_threshold=SCORE_FLOOR)
+        for r, (h, w) in zip(raws, sizes, strict=True)
+    ]
 
 
 def coco_ground_truth(

@@ -227,14 +227,13 @@ class _Tally:
         row["dice"] = [round(float(d), 6) for d in dices]
 
     def _add_boxes(self, s: Sample, row: dict[str, Any]) -> None:
-        from steelscan.inference.boxes import SCORE_FLOOR
+        from steelscan.evaluation.detection import floor_detections
         from steelscan.inference.postprocess import component_boxes
 
         self.gt_boxes.append(list(s.record.boxes))
         if self.detects:
             h, w = s.result.height, s.result.width
-            found = self.pp.detections(s.raw, h, w, score_threshold=SCORE_FLOOR)
-            self.detections.append(found)
+            self.detections.append(floor_detections(self.pp, [s.raw], [(h, w)])[0])
             self.sizes.append((h, w))
             row["detections"] = len(s.result.detections or [])  # the boxes users are shown
             return

@@ -28,9 +28,14 @@ import numpy as np
 from tqdm import tqdm
 
 from steelscan.data.records import Box
-from steelscan.evaluation.detection import box_map, f1_at_thresholds, match_boxes
+from steelscan.evaluation.detection import (
+    box_map,
+    f1_at_thresholds,
+    floor_detections,
+    match_boxes,
+)
 from steelscan.evaluation.metrics import dice_from_areas
-from steelscan.inference.boxes import SCORE_FLOOR, DetectedBox
+from steelscan.inference.boxes import DetectedBox
 from steelscan.inference.postprocess import (
     PostProcessor,
     any_defect_probability,
@@ -399,10 +404,7 @@ class _BoxData:
         key = (float(pp.box_nms_iou), int(pp.max_boxes))
         if key not in self._cache:
             ungated = self.processor.with_params(pp.model_copy(update={"gate_mode": "none"}))
-            self._cache[key] = [
-                ungated.detections(r, h, w, score_threshold=SCORE_FLOOR)
-                for r, (h, w) in zip(self.raws, self.sizes, strict=True)
-            ]
+            self._cache[key] = floor_detections(ungated, self.raws, self.sizes)
         skipped = self.processor.with_params(pp).skipped(self.raws)
         return [[] if s else d for s, d in zip(skipped, self._cache[key], strict=True)]
 

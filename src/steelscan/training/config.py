@@ -121,7 +121,8 @@ class TrainConfig(_Strict):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     optimizer: Literal["adam", "adamw", "radam"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
-    scheduler: Literal["plateau", "cosine", "none"] = "plateau"
+    # warmup_cosine: per step, linear warm-up then cosine (the detector always warms up)
+    scheduler: Literal["plateau", "cosine", "warmup_cosine", "none"] = "plateau"
     early_stopping_patience: int | None = Field(
         8, ge=1
     )  # epochs without val improvement; None: off
@@ -129,6 +130,10 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = (
         "auto"  # auto: bf16 on capable GPUs
     )
+    # Convolutions in NHWC ("channels last") while training: oneDNN runs them about 1.5x faster
+    # on a CPU (2.5x with bf16-mixed on AMX cores, bench of 2026-12-01); weights are saved in
+    # the usual layout either way
+    channels_last: bool = False
     max_minutes: float | None = Field(None, gt=0)  # time budget for both stages together
     devices: int | str = "auto"
     num_nodes: int = Field(1, ge=1)

@@ -27,6 +27,7 @@ from steelscan.data.records import AnnotatedImage
 from steelscan.imageio import read_image
 from steelscan.imaging import PAD_MULTIPLE, Normaliser, pad_to, padded_size
 from steelscan.training.augment import train_transform
+from steelscan.training.batching import SizeBatchSampler, mixed_sizes
 
 __all__ = ["PAD_MULTIPLE", "SteelDataModule", "SteelDataset", "pad_collate"]
 
@@ -120,19 +121,31 @@ def pad_collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 
 
 def make_loader(
-    ds: TorchDataset, batch_size: int, shuffle: bool, num_workers: int, collate_fn: Any
+    ds: TorchDataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    collate_fn: Any,
+    *,
+    batch_sampler: SizeBatchSampler | None = None,
 ) -> DataLoader:
     """The DataLoader every stage trains and validates with: persistent, reseeded workers, and
-    the last partial batch dropped in training only."""
+    the last partial batch dropped in training only. ``batch_sampler`` (training on full images
+    of mixed sizes) replaces the shuffle with batches of like-sized images."""
+    workers = {
+        "num_workers": num_workers,
+        "collate_fn": collate_fn,
+        "persistent_workers": num_workers > 0,
+        "worker_init_fn": seed_worker_augmentations if num_workers > 0 else None,
+    }
+    if batch_sampler is not None:
+        return DataLoader(ds, batch_sampler=batch_sampler, **workers)
     return DataLoader(
         ds,
         batch_size=batch_size,
         shuffle=shuffle,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        persistent_workers=num_workers > 0,
         drop_last=shuffle and len(ds) > batch_size,
-        worker_init_fn=seed_worker_augmentations if num_workers > 0 else None,
+        **workers,
     )
 
 
@@ -185,7 +198,26 @@ class SteelDataModule(L.LightningDataModule):
         return make_loader(ds, batch_size, shuffle, self.num_workers, pad_collate)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.batch_size, shuffle=True)
+        ds = self.train_dataset()
+        return make_loader(
+            ds,
+            self.batch_size,
+            True,
+            self.num_workers,
+            pad_collate,
+            batch_sampler=self.size_batches(),
+        )
+
+    def size_batches(self) -> SizeBatchSampler | None:
+        """Full images of mixed sizes train in batches of like size (little padding); crops all
+        share one size, and a multi-process run keeps Lightning's distributed sampler."""
+        sizes = [r.shape for r in self.train_records]
+        trainer = getattr(self, "trainer", None)
+        if self.crop_hw is not None or not mixed_sizes(sizes):
+            return None
+        if trainer is not None and trainer.world_size > 1:
+            return None
+        return SizeBatchSampler(sizes, self.batch_size, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset(), 1, shuffle=False)

@@ -8,7 +8,6 @@ stopping metric) is the figure ``steelscan evaluate`` reports, before tuning.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -18,11 +17,10 @@ from steelscan.data.records import Box
 from steelscan.evaluation.detection import box_map
 from steelscan.inference.boxes import SCORE_FLOOR, DetectedBox, select_boxes
 from steelscan.models.detector import DetectionModel
-from steelscan.training.module import OptimSettings
+from steelscan.training.module import OptimSettings, warmup_cosine
 
 DETECTOR_MONITOR = "val_map50"
 GRAD_CLIP_NORM = 10.0  # focal + GIoU losses spike in the first steps of a fresh head
-WARMUP_STEPS = 100
 
 
 class DetectorModule(L.LightningModule):
@@ -93,17 +91,9 @@ class DetectorModule(L.LightningModule):
         optimizer = optimizers[self.opt.optimizer](
             self.parameters(), lr=self.opt.lr, weight_decay=self.opt.weight_decay
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = max(1, min(WARMUP_STEPS, total // 10))
-        cosine = self.opt.scheduler != "none"
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if not cosine:
-                return 1.0
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        sched = warmup_cosine(
+            optimizer,
+            self.trainer.estimated_stepping_batches,
+            cosine=self.opt.scheduler != "none",
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -161,6 +161,8 @@ def fit_stage(
         progress=progress,
         resumed=ckpt_path is not None,
     )
+    if cfg.channels_last:
+        module.to(memory_format=torch.channels_last)
     t0 = time.monotonic()
     # Lightning's own checkpoints hold only tensors and plain values (no save_hyperparameters),
     # so they load with torch.load(weights_only=True): resuming never unpickles code.
@@ -182,6 +184,8 @@ def fit_stage(
         "stopped_early": bool(getattr(trainer, "should_stop", False))
         and trainer.current_epoch < epochs,
     }
+    # back to the usual layout: safetensors and ONNX export want contiguous weights
+    module.to(memory_format=torch.contiguous_format)
     return StageResult(
         model=module.model.cpu().eval(),
         summary=summary,

@@ -508,14 +508,10 @@ def box_metrics(
     postprocessor: Any, raws: list[Any], records: list[AnnotatedImage]
 ) -> dict[str, Any]:
     """Box mAP (pycocotools) of the detector on these images, every box down to the mAP floor."""
-    from steelscan.evaluation.detection import box_map
-    from steelscan.inference.boxes import SCORE_FLOOR
+    from steelscan.evaluation.detection import box_map, floor_detections
 
     sizes = [r.mask_probs.shape[1:] for r in raws]
-    dets = [
-        postprocessor.detections(r, h, w, score_threshold=SCORE_FLOOR)
-        for r, (h, w) in zip(raws, sizes, strict=True)
-    ]
+    dets = floor_detections(postprocessor, raws, sizes)
     m = box_map([list(r.boxes) for r in records], dets, sizes, postprocessor.class_names)
     return {"box_map50": m["map50"], "box_map": m["map"], "box_ap_per_class": m["per_class"]}
 
