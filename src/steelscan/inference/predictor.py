@@ -37,6 +37,7 @@ from steelscan.imageio import (
     read_image,
     to_channels,
 )
+from steelscan.imaging import padded_size
 from steelscan.inference.engines import Engine, make_engine
 from steelscan.inference.postprocess import PostProcessor
 from steelscan.inference.preprocess import PadMode, crop, to_batch
@@ -241,6 +242,30 @@ class Predictor:
         return probs.astype(np.float32, copy=False)
 
     def _model(
+        self, images: Sequence[np.ndarray], skip_gated: bool
+    ) -> tuple[list[RawPrediction], list[dict[str, float]]]:
+        """The model stage of one batch, run as one forward pass per padded size.
+
+        An image is padded only to its own size's multiple of ``pad_multiple``, never to a larger
+        companion's: a fully convolutional network near the padding, and an average-pooled gate
+        over all of it, would otherwise answer differently for the same image in another batch
+        (validation in training also pads each image on its own). A batch of one size (a
+        Severstal line) stays one pass."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            key = padded_size(int(img.shape[0]), int(img.shape[1]), self.manifest.pad_multiple)
+            groups.setdefault(key, []).append(i)
+        if len(groups) <= 1:
+            return self._model_same_size(images, skip_gated)
+        raws: list[Any] = [None] * len(images)
+        times: list[Any] = [None] * len(images)
+        for idx in groups.values():
+            r, t = self._model_same_size([images[i] for i in idx], skip_gated)
+            for j, i in enumerate(idx):
+                raws[i], times[i] = r[j], t[j]
+        return raws, times
+
+    def _model_same_size(
         self, images: Sequence[np.ndarray], skip_gated: bool
     ) -> tuple[list[RawPrediction], list[dict[str, float]]]:
         """Gate, then segment only what the hard gate lets through (unless ``skip_gated`` is
