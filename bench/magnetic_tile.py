@@ -1,7 +1,8 @@
 """Proof on real pixel masks: train steelscan on the Magnetic-tile set on the CPU and score it.
 
     .venv/bin/python bench/magnetic_tile.py [--data ../shared/data/magnetic-tile]
-                                            [--out runs/magnetic-tile] [--max-minutes 27] [--seed 0]
+                                            [--out runs/magnetic-tile] [--max-minutes 28.5]
+                                            [--seed 0] [--no-gate] [--resume]
 
 Seeded, stratified 80/20 split by image (``val_fraction=0.2``), MobileNetV2 ImageNet weights from
 ../shared/weights for both stages: a timm ``mobilenetv2_100`` gate on full images (batches of like
@@ -97,9 +98,9 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "magnetic-tile")
     ap.add_argument("--weights", type=Path, default=MOBILENET)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "magnetic-tile")
-    ap.add_argument("--max-minutes", type=float, default=27.0)
-    ap.add_argument("--cls-epochs", type=int, default=12)
-    ap.add_argument("--seg-epochs", type=int, default=24)
+    ap.add_argument("--max-minutes", type=float, default=28.5)
+    ap.add_argument("--cls-epochs", type=int, default=10)
+    ap.add_argument("--seg-epochs", type=int, default=28)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-export", action="store_true", help="skip the ONNX export and engines")
     ap.add_argument(
