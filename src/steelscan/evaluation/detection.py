@@ -23,13 +23,11 @@ from steelscan.inference.boxes import SCORE_FLOOR, DetectedBox
 
 
 def floor_detections(
-    processor: Any, raws: Sequence[Any], sizes: Sequence[tuple[int, int]] | None = None
+    processor: Any, raws: Sequence[Any], sizes: Sequence[tuple[int, int]]
 ) -> list[list[DetectedBox]]:
     """Every image's boxes down to :data:`~steelscan.inference.boxes.SCORE_FLOOR` under the
     post-processor's rules (its hard gate included): what mAP is computed on, the same in
-    evaluation, tuning and the end of training. ``sizes`` default to the raws' mask sizes."""
-    if sizes is None:
-        sizes = [tuple(np.asarray(r.mask_probs).shape[1:]) for r in raws]
+    evaluation, tuning and the end of training."""
     return [
         processor.detections(r, int(h), int(w), score_threshold=SCORE_FLOOR)
         for r, (h, w) in zip(raws, sizes, strict=True)

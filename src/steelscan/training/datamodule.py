@@ -194,19 +194,19 @@ class SteelDataModule(L.LightningDataModule):
     def val_dataset(self) -> SteelDataset:
         return SteelDataset(self.val_records, augment=False, **self.kw)
 
-    def _loader(self, ds: SteelDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return make_loader(ds, batch_size, shuffle, self.num_workers, pad_collate)
+    def _loader(
+        self,
+        ds: SteelDataset,
+        batch_size: int,
+        shuffle: bool,
+        batch_sampler: SizeBatchSampler | None = None,
+    ) -> DataLoader:
+        return make_loader(
+            ds, batch_size, shuffle, self.num_workers, pad_collate, batch_sampler=batch_sampler
+        )
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.train_dataset()
-        return make_loader(
-            ds,
-            self.batch_size,
-            True,
-            self.num_workers,
-            pad_collate,
-            batch_sampler=self.size_batches(),
-        )
+        return self._loader(self.train_dataset(), self.batch_size, True, self.size_batches())
 
     def size_batches(self) -> SizeBatchSampler | None:
         """Full images of mixed sizes train in batches of like size (little padding); crops all

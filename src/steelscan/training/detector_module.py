@@ -17,7 +17,7 @@ from steelscan.data.records import Box
 from steelscan.evaluation.detection import box_map
 from steelscan.inference.boxes import SCORE_FLOOR, DetectedBox, select_boxes
 from steelscan.models.detector import DetectionModel
-from steelscan.training.module import OptimSettings, warmup_cosine
+from steelscan.training.module import OptimSettings, build_optimizer, warmup_cosine
 
 DETECTOR_MONITOR = "val_map50"
 GRAD_CLIP_NORM = 10.0  # focal + GIoU losses spike in the first steps of a fresh head
@@ -83,14 +83,7 @@ class DetectorModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW (or the configured optimiser) with a linear warm-up, then a cosine decay over the
         steps the trainer will run (``scheduler: none`` keeps the rate flat after warm-up)."""
-        optimizers = {
-            "adam": torch.optim.Adam,
-            "adamw": torch.optim.AdamW,
-            "radam": torch.optim.RAdam,
-        }
-        optimizer = optimizers[self.opt.optimizer](
-            self.parameters(), lr=self.opt.lr, weight_decay=self.opt.weight_decay
-        )
+        optimizer = build_optimizer(self, self.opt)
         sched = warmup_cosine(
             optimizer,
             self.trainer.estimated_stepping_batches,

@@ -60,15 +60,18 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def configure(module: L.LightningModule, opt: OptimSettings, monitor: str) -> Any:
-    """Adam/AdamW/RAdam plus ReduceLROnPlateau (on ``monitor``, mode max), cosine annealing per
-    epoch, or :func:`warmup_cosine` per step."""
+def build_optimizer(module: torch.nn.Module, opt: OptimSettings) -> torch.optim.Optimizer:
+    """Adam, AdamW or RAdam over ``module``'s parameters at ``opt.lr`` (every stage's optimiser)."""
     optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
     if opt.optimizer not in optimizers:
         raise ValueError(f"optimizer must be one of {sorted(optimizers)}, got {opt.optimizer!r}")
-    optimizer = optimizers[opt.optimizer](
-        module.parameters(), lr=opt.lr, weight_decay=opt.weight_decay
-    )
+    return optimizers[opt.optimizer](module.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def configure(module: L.LightningModule, opt: OptimSettings, monitor: str) -> Any:
+    """:func:`build_optimizer` plus ReduceLROnPlateau (on ``monitor``, mode max), cosine
+    annealing per epoch, or :func:`warmup_cosine` per step."""
+    optimizer = build_optimizer(module, opt)
     if opt.scheduler == "none":
         return optimizer
     if opt.scheduler == "plateau":
