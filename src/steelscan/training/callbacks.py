@@ -17,6 +17,7 @@ import lightning as L
 from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
+    EMAWeightAveraging,
     LearningRateMonitor,
     ModelCheckpoint,
     TQDMProgressBar,
@@ -74,9 +75,11 @@ def build_callbacks(
     progress: bool,
     with_lr_monitor: bool = True,
     stage: str | None = None,
+    ema_decay: float | None = None,
 ) -> list[Callback]:
-    """ModelCheckpoint (best + last), optional EarlyStopping, LR monitor and the progress
-    report: a bar on a terminal, one line per epoch otherwise."""
+    """ModelCheckpoint (best + last), optional EarlyStopping, LR monitor, the progress
+    report (a bar on a terminal, one line per epoch otherwise) and, with ``ema_decay``, an
+    exponential moving average of the weights that validation and the checkpoints see."""
     callbacks: list[Callback] = [
         ModelCheckpoint(
             dirpath=stage_dir / "checkpoints",
@@ -88,6 +91,10 @@ def build_callbacks(
             save_last=True,
         )
     ]
+    if ema_decay is not None:
+        # it swaps the average in for validation and writes it as every checkpoint's state_dict
+        # (the weights in training go to "current_model_state", which resuming reads back)
+        callbacks.append(EMAWeightAveraging(decay=ema_decay))
     if patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=patience))
     if with_lr_monitor:

@@ -134,6 +134,10 @@ class TrainConfig(_Strict):
     # on a CPU (2.5x with bf16-mixed on AMX cores, bench of 2026-12-01); weights are saved in
     # the usual layout either way
     channels_last: bool = False
+    # An exponential moving average of the weights (Lightning's EMAWeightAveraging, per step):
+    # validation, the best checkpoint and the bundle use the average. On a few hundred images the
+    # validation figure jumps between epochs and the average is the steadier model; None: off
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     max_minutes: float | None = Field(None, gt=0)  # time budget for both stages together
     devices: int | str = "auto"
     num_nodes: int = Field(1, ge=1)

@@ -114,6 +114,7 @@ def build_trainer(
             patience=cfg.early_stopping_patience,
             progress=progress,
             stage=stage_dir.name,
+            ema_decay=cfg.ema_decay,
         ),
         logger=build_loggers(stage_dir, tensorboard=cfg.tensorboard, resumed=resumed),
         enable_progress_bar=bar,
