@@ -57,7 +57,7 @@ def build_config(args: argparse.Namespace):
             # full images in batches of like size, seen at half size inside the network; average
             # pooling (max pooling over ImageNet features blew the fresh head's logits up and the
             # gate stayed at the all-clean answer in both runs of 2026-12-01)
-            options={"input_scale": 0.5},
+            options={"input_scale": args.gate_scale},
         ),
         segmenter=SegmenterConfig(
             arch="unet",
@@ -106,6 +106,9 @@ def main() -> int:
     ap.add_argument("--max-minutes", type=float, default=28.5)
     ap.add_argument("--cls-epochs", type=int, default=10)
     ap.add_argument("--seg-epochs", type=int, default=28)
+    ap.add_argument(
+        "--gate-scale", type=float, default=0.5, help="the gate's input scale inside the network"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ema-decay", type=float, default=0.99, help="per-step weight average; 0: off")
     ap.add_argument("--no-export", action="store_true", help="skip the ONNX export and engines")
