@@ -299,3 +299,34 @@ def test_tuning_rejects_mismatched_inputs():
         tune_postprocess(raws, truths, pp_for(3), progress=False)
     with pytest.raises(ValueError, match="at least one"):
         tune_postprocess([], [], pp_for(2), progress=False)
+
+
+def _mixed_size_case() -> tuple[list[RawPrediction], list[np.ndarray]]:
+    """Small and large tiles (Magnetic-tile-like): defects are large blobs, and clean tiles carry
+    confident false blobs of a middling size that only a minimum area removes."""
+    raws, truths = [], []
+    for i, (h, w) in enumerate([(96, 80), (100, 90), (400, 360), (420, 380)] * 3):
+        prob = np.zeros((1, h, w), np.float32)
+        truth = np.zeros((1, h, w), np.uint8)
+        if i % 2 == 0:  # a defect: a 30 x 30 blob, drawn a little too wide
+            truth[0, 10:40, 10:40] = 1
+            prob[0, 9:41, 10:42] = 0.9
+        else:  # clean: a confident 12 x 12 false blob
+            prob[0, 50:62, 20:32] = 0.9
+        raws.append(RawPrediction(np.array([0.9], np.float32), prob))
+        truths.append(truth)
+    return raws, truths
+
+
+def test_tuning_of_mixed_sizes_does_not_depend_on_the_order_of_images():
+    """The minimum-area grid and the coarse labelling factor come from all the images, not from
+    whichever comes first: tuning the same images in another order finds the same settings."""
+    raws, truths = _mixed_size_case()
+    base = pp_for(1)
+    found = [
+        tune_postprocess(raws[::step], truths[::step], base, progress=False)[0] for step in (1, -1)
+    ]
+    assert found[0] == found[1]
+    # and the false blobs (144 px) are removed while the defects (900 px) stay
+    present = [apply(r.class_probs, r.mask_probs, found[0])[0][0] for r in raws]
+    assert present == [i % 2 == 0 for i in range(len(raws))]

@@ -46,7 +46,8 @@ from steelscan.manifest import PostProcess
 
 PIXEL_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 CLASS_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-# Areas in pixels of a 256x1600 image; scaled by image area for other sizes.
+# Areas in pixels of a 256x1600 image; scaled by image area for other sizes (the median
+# image's when sizes are mixed).
 MIN_AREAS = (0, 100, 300, 600, 1000, 2000, 3000, 5000, 8000)
 MIN_COMPONENT_AREAS = (0, 50, 150, 300, 600, 1200)
 _REFERENCE_PIXELS = 256 * 1600
@@ -118,7 +119,7 @@ def grid_dice(
     pixel_thresholds: Sequence[float],
     min_component_areas: Sequence[float],
     min_areas: Sequence[float],
-    factor: int = 1,
+    factor: int | Sequence[int] = 1,
 ) -> np.ndarray:
     """Mean Dice of ONE class over images for every combination of the four grids.
 
@@ -126,8 +127,10 @@ def grid_dice(
     Returns an array of shape (pixel, class, component, min area) thresholds. With ``factor`` 1
     this is exactly :func:`steelscan.inference.postprocess.apply` (tested against it); a larger
     factor only approximates how pixels group into components (see :func:`_image_stats`).
+    ``factor`` is one for all images or one per image (images of mixed sizes).
     """
     cp = np.asarray(class_probs, dtype=np.float32)
+    factors = [int(factor)] * len(cp) if isinstance(factor, int) else [int(f) for f in factor]
     comp = np.asarray(min_component_areas, dtype=np.float64)
     mins = np.asarray(min_areas, dtype=np.float64)
     n = len(cp)
@@ -142,7 +145,7 @@ def grid_dice(
         inter = np.zeros((len(comp), n), dtype=np.int64)
         for i in range(n):
             b = binarize(cp[i], np.asarray(mask_probs[i], dtype=np.float32), float(pt), gate_mode)
-            area[:, i], inter[:, i] = _image_stats(b, np.asarray(truths[i]), comp, factor)
+            area[:, i], inter[:, i] = _image_stats(b, np.asarray(truths[i]), comp, factors[i])
         # kept: (T, C, M, N)
         kept = gate[:, None, None, :] & (area[None, :, None, :] >= mins[None, None, :, None])
         pa = np.where(kept, area[None, :, None, :], 0)
@@ -282,9 +285,11 @@ def tune_postprocess(
     Scores are Kaggle scores (mean Dice over all image/class pairs) at full resolution.
     """
     k = _check_inputs(raws, truths, base)
-    h, w = np.asarray(raws[0].mask_probs).shape[1:]
-    f = factor or _auto_factor(h, w)
-    scale = h * w / _REFERENCE_PIXELS
+    # Images may differ in size: each is labelled at its own coarse factor, and the area grids
+    # scale with the median image (not whichever image comes first)
+    sizes = [np.asarray(r.mask_probs).shape[1:] for r in raws]
+    f = [factor or _auto_factor(h, w) for h, w in sizes]
+    scale = float(np.median([h * w for h, w in sizes])) / _REFERENCE_PIXELS
     before_cls = class_dice(raws, truths, base)
 
     cps = np.stack([np.asarray(r.class_probs, dtype=np.float32) for r in raws])  # (N, K)
