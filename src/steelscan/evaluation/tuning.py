@@ -270,6 +270,63 @@ def _check_inputs(raws: Sequence[object], truths: Sequence[np.ndarray], base: Po
     return k
 
 
+ClassSettings = tuple[float, float, int, int]  # pixel threshold, class threshold, areas
+
+
+def _class_settings(pp: PostProcess, c: int) -> ClassSettings:
+    """Class ``c``'s four tuned settings in ``pp``."""
+    return (
+        pp.pixel_thresholds[c],
+        pp.class_thresholds[c],
+        pp.min_component_areas[c],
+        pp.min_areas[c],
+    )
+
+
+def _set_class(pp: PostProcess, c: int, settings: ClassSettings) -> None:
+    pix, cls, comp, mins = settings
+    pp.pixel_thresholds[c] = float(pix)
+    pp.class_thresholds[c] = float(cls)
+    pp.min_component_areas[c] = int(comp)
+    pp.min_areas[c] = int(mins)
+
+
+def _search_class(
+    c: int,
+    class_probs: np.ndarray,
+    raws: Sequence[object],
+    truths: Sequence[np.ndarray],
+    base: PostProcess,
+    scale: float,
+    factors: Sequence[int],
+) -> ClassSettings:
+    """The best of class ``c``'s grid (pixel x class threshold x component x mask area), at the
+    middle of its plateau; the base's settings where nothing scores better."""
+    b_pix, b_cls, b_comp, b_mins = _class_settings(base, c)
+    pix = _grid(PIXEL_THRESHOLDS, b_pix)
+    cls = _grid(CLASS_THRESHOLDS, b_cls) if base.gate_mode == "hard" else [b_cls]
+    comp = _grid(MIN_COMPONENT_AREAS, b_comp, scale)
+    mins = _grid(MIN_AREAS, b_mins, scale)
+    table = grid_dice(
+        class_probs,
+        [r.mask_probs[c] for r in raws],
+        [t[c] for t in truths],
+        base.gate_mode,
+        cls,
+        pix,
+        comp,
+        mins,
+        factor=factors,
+    )
+    base_idx = (pix.index(b_pix), cls.index(b_cls), comp.index(b_comp), mins.index(b_mins))
+    best = np.unravel_index(int(np.argmax(table)), table.shape)
+    # A tie keeps the base's pixel threshold, but still moves to the middle of its plateau.
+    best = centre_of_plateau(table, best if table[best] > table[base_idx] + 1e-9 else base_idx)
+    if best == base_idx:
+        return b_pix, b_cls, b_comp, b_mins
+    return pix[best[0]], cls[best[1]], comp[best[2]], mins[best[3]]
+
+
 def tune_postprocess(
     raws: Sequence[object],
     truths: Sequence[np.ndarray],
@@ -288,64 +345,25 @@ def tune_postprocess(
     # Images may differ in size: each is labelled at its own coarse factor, and the area grids
     # scale with the median image (not whichever image comes first)
     sizes = [np.asarray(r.mask_probs).shape[1:] for r in raws]
-    f = [factor or _auto_factor(h, w) for h, w in sizes]
+    factors = [factor or _auto_factor(h, w) for h, w in sizes]
     scale = float(np.median([h * w for h, w in sizes])) / _REFERENCE_PIXELS
     before_cls = class_dice(raws, truths, base)
 
     cps = np.stack([np.asarray(r.class_probs, dtype=np.float32) for r in raws])  # (N, K)
     tuned = base.model_copy(deep=True)
-    mode = base.gate_mode
-    bar = tqdm(total=k, desc="tuning post-processing", unit="class", disable=not progress)
-    for c in range(k):
-        pix = _grid(PIXEL_THRESHOLDS, base.pixel_thresholds[c])
-        cls = (
-            _grid(CLASS_THRESHOLDS, base.class_thresholds[c])
-            if mode == "hard"
-            else [base.class_thresholds[c]]
-        )
-        comp = _grid(MIN_COMPONENT_AREAS, base.min_component_areas[c], scale)
-        mins = _grid(MIN_AREAS, base.min_areas[c], scale)
-        table = grid_dice(
-            cps[:, c],
-            [r.mask_probs[c] for r in raws],
-            [t[c] for t in truths],
-            mode,
-            cls,
-            pix,
-            comp,
-            mins,
-            factor=f,
-        )
-        base_idx = (
-            pix.index(base.pixel_thresholds[c]),
-            cls.index(base.class_thresholds[c]),
-            comp.index(base.min_component_areas[c]),
-            mins.index(base.min_areas[c]),
-        )
-        best = np.unravel_index(int(np.argmax(table)), table.shape)
-        # A tie keeps the base's pixel threshold, but still moves to the middle of its plateau.
-        best = centre_of_plateau(table, best if table[best] > table[base_idx] + 1e-9 else base_idx)
-        if best != base_idx:
-            tuned.pixel_thresholds[c] = float(pix[best[0]])
-            tuned.class_thresholds[c] = float(cls[best[1]])
-            tuned.min_component_areas[c] = int(comp[best[2]])
-            tuned.min_areas[c] = int(mins[best[3]])
-        bar.update(1)
-    bar.close()
+    for c in tqdm(range(k), desc="tuning post-processing", unit="class", disable=not progress):
+        _set_class(tuned, c, _search_class(c, cps[:, c], raws, truths, base, scale, factors))
 
     after_cls = class_dice(raws, truths, tuned)
     # Downsampled search can misjudge a class slightly: keep base where it is better at full size.
     for c in range(k):
         if after_cls[c] < before_cls[c]:
-            tuned.pixel_thresholds[c] = base.pixel_thresholds[c]
-            tuned.class_thresholds[c] = base.class_thresholds[c]
-            tuned.min_component_areas[c] = base.min_component_areas[c]
-            tuned.min_areas[c] = base.min_areas[c]
+            _set_class(tuned, c, _class_settings(base, c))
             after_cls[c] = before_cls[c]
     # Scores are what inference does: the inspector skips images under the hard gate.
     before = float(image_dice(raws, truths, base, gate=True).mean())
     after = float(after_cls.mean())
-    if mode == "hard":
+    if base.gate_mode == "hard":
         tuned.gate_threshold, after = tune_gate(raws, truths, tuned)
     if after < before:  # the base's own gate did better than anything tuned: keep the base
         tuned, after = base.model_copy(deep=True), before

@@ -255,8 +255,6 @@ class Predictor:
         for i, img in enumerate(images):
             key = padded_size(int(img.shape[0]), int(img.shape[1]), self.manifest.pad_multiple)
             groups.setdefault(key, []).append(i)
-        if len(groups) <= 1:
-            return self._model_same_size(images, skip_gated)
         raws: list[Any] = [None] * len(images)
         times: list[Any] = [None] * len(images)
         for idx in groups.values():
