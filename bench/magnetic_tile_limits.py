@@ -50,11 +50,12 @@ def main() -> int:
     import torch
 
     from steelscan.bundle import load_bundle
-    from steelscan.evaluation.evaluate import _make_predictor, iter_samples, split_records
+    from steelscan.evaluation.evaluate import iter_samples, split_records
     from steelscan.imageio import read_image
+    from steelscan.inference.predictor import Predictor
     from steelscan.inference.preprocess import to_batch
 
-    predictor = _make_predictor(args.model, "torch", None)
+    predictor = Predictor(args.model, engine="torch")
     manifest = predictor.manifest
     _, records = split_records(args.data, manifest, "val")
     gate_net = load_bundle(args.model).classifier
