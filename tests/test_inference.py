@@ -7,6 +7,7 @@ bundle, so these tests cover the same path as ``steelscan predict`` and the serv
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -288,6 +289,21 @@ def test_resolve_inputs_folder_csv_dataset_and_duplicates(tmp_path, severstal_di
     r = resolve_inputs([tmp_path / "ids.csv"])
     assert [(i.image_id, i.path.name) for i in r.images] == [("0a1cade03.jpg", "0a1cade03.png")]
     assert [m[0] for m in r.missing] == ["nope.jpg"]
+
+
+def test_a_folder_of_images_beside_their_masks_is_inspected_without_the_masks(tmp_path):
+    from conftest import shared_path
+
+    crack = shared_path("data", "magnetic-tile") / "MT_Crack" / "Imgs"
+    jpgs = sorted(crack.glob("*.jpg"))[:2]
+    for jpg in jpgs:  # a Magnetic-tile Imgs folder: x.jpg beside its mask x.png
+        shutil.copy(jpg, tmp_path)
+        shutil.copy(jpg.with_suffix(".png"), tmp_path)
+    r = resolve_inputs([tmp_path])
+    assert [i.image_id for i in r.images] == [j.name for j in jpgs]
+    assert len(r.notes) == 1 and "2 mask file(s) beside their images left out" in r.notes[0]
+    mask = tmp_path / jpgs[0].with_suffix(".png").name
+    assert [i.path for i in resolve_inputs([mask]).images] == [mask]  # named outright: inspected
 
 
 def test_resolve_inputs_reencoded_png_ids(severstal_reencoded_dir):

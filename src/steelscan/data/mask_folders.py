@@ -98,6 +98,17 @@ def _pair_folder(
     return pairs, [folder / m for m in sorted(masks - claimed)]
 
 
+def masks_beside_images(folder: Path) -> list[Path]:
+    """The files directly in ``folder`` that are masks beside their images by the pairing rule
+    above (``x.jpg`` + ``x.png``, ``x_mask.png``): a plain folder of such images is inspected
+    without its masks."""
+    if not folder.is_dir():
+        return []
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    pairs, _ = _pair_folder(folder, names)
+    return sorted(mask for _, mask in pairs if mask is not None)
+
+
 def _walk(top: Path) -> Iterator[tuple[Path, list[str]]]:
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

@@ -88,18 +88,26 @@ def _from_dataset(folder: Path, out: Inputs) -> list[InputImage]:
     return [InputImage(r.image_id, r.path, truth=r) for r in ds.records if r.path is not None]
 
 
-def _from_folder(folder: Path) -> list[InputImage]:
-    files = list_images(folder)
-    if not files:
-        for sub in IMAGE_SUBDIRS:
-            files = list_images(folder / sub)
-            if files:
-                break
+def _from_folder(folder: Path, out: Inputs) -> list[InputImage]:
+    """A folder's images; mask files beside their images (a Magnetic-tile ``Imgs`` folder) are
+    left out, with a note."""
+    from steelscan.data.mask_folders import masks_beside_images
+
+    for where in (folder, *(folder / sub for sub in IMAGE_SUBDIRS)):
+        files = list_images(where)
+        if files:
+            break
     if not files:
         raise DataError(
             [DataProblem(str(folder), "folder holds no images (" + ", ".join(IMAGE_SUFFIXES) + ")")]
         )
-    return [InputImage(p.name, p) for p in files]
+    masks = set(masks_beside_images(where))
+    if masks:
+        out.notes.append(
+            f"{where}: {len(masks)} mask file(s) beside their images left out "
+            f"(e.g. {min(masks).name}); pass a mask file itself to inspect it"
+        )
+    return [InputImage(p.name, p) for p in files if p not in masks]
 
 
 def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
@@ -118,7 +126,7 @@ def resolve_inputs(paths: Iterable[str | Path]) -> Inputs:
             problems.append(DataProblem(str(p), "no such file or folder"))
             continue
         if p.is_dir():
-            items = _from_dataset(p, out) if _is_dataset(p) else _from_folder(p)
+            items = _from_dataset(p, out) if _is_dataset(p) else _from_folder(p, out)
         elif p.suffix.lower() == ".csv":
             items = _from_csv(p, out)
         elif p.suffix.lower() in IMAGE_SUFFIXES:
