@@ -210,31 +210,20 @@ def _journaled_run(
 def _open_journal(
     out: Path, bundle: Any, config: Any, resolved: Any, args: dict[str, Any], restart: bool
 ) -> Any:
-    """The journal of this run in ``out``, with ``predict``'s identity: the model, the options
-    as given and as resolved, the ordered inputs."""
-    import steelscan
-    from steelscan.inference.journal import (
-        Journal,
-        RunIdentity,
-        inputs_identity,
-        model_identity,
-    )
-    from steelscan.inference.writers import remove_stale_temps
+    """The journal of this run in ``out``, with ``predict``'s identity."""
+    from steelscan.inference.journal import open_run
 
-    options = dict(args)
-    options["engine (resolved)"] = config.label
-    options["batch size (resolved)"] = config.batch_size
-    options["steelscan version"] = steelscan.__version__
-    images = ((it.image_id, it.source, it.labelled) for it in resolved.images)
-    identity = RunIdentity(
-        model=model_identity(bundle.path, bundle.manifest),
-        options=options,
-        inputs=inputs_identity(images, resolved.missing),
+    return open_run(
+        out,
+        bundle_dir=bundle.path,
+        manifest=bundle.manifest,
+        engine_label=config.label,
+        batch_size=config.batch_size,
+        options=args,
+        images=((it.image_id, it.source, it.labelled) for it in resolved.images),
+        missing=resolved.missing,
+        restart=restart,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    journal = Journal.open(out, identity, restart=restart)
-    remove_stale_temps(out)  # under the journal's lock: no other writer is alive
-    return journal
 
 
 def _run(

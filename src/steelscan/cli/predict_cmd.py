@@ -248,30 +248,22 @@ def _journaled_run(
 def _open_journal(
     out: Path, predictor: Any, resolved: Any, args: dict[str, Any], restart: bool
 ) -> Any:
-    """The journal of this run in ``out``: its identity is the model, every option that can
-    change an output (as given, and the engine and batch size they resolved to) and the ordered
-    inputs; :class:`JournalError` when ``out`` holds another run's journal."""
-    import steelscan
-    from steelscan.inference.journal import (
-        Journal,
-        RunIdentity,
-        inputs_identity,
-        model_identity,
-    )
-    from steelscan.inference.writers import OVERLAY_DIR, remove_stale_temps
+    """The journal of this run in ``out`` (:func:`~steelscan.inference.journal.open_run`), and
+    the overlay folder when asked for."""
+    from steelscan.inference.journal import open_run
+    from steelscan.inference.writers import OVERLAY_DIR
 
-    options = dict(args)
-    options["engine (resolved)"] = predictor.engine_label
-    options["batch size (resolved)"] = predictor.batch_size
-    options["steelscan version"] = steelscan.__version__
-    images = ((it.image_id, str(it.path), it.truth is not None) for it in resolved.images)
-    identity = RunIdentity(
-        model=model_identity(predictor.bundle.path, predictor.manifest),
-        options=options,
-        inputs=inputs_identity(images, resolved.missing),
+    journal = open_run(
+        out,
+        bundle_dir=predictor.bundle.path,
+        manifest=predictor.manifest,
+        engine_label=predictor.engine_label,
+        batch_size=predictor.batch_size,
+        options=args,
+        images=((it.image_id, str(it.path), it.truth is not None) for it in resolved.images),
+        missing=resolved.missing,
+        restart=restart,
     )
-    journal = Journal.open(out, identity, restart=restart)
-    remove_stale_temps(out)  # under the journal's lock: no other writer is alive
     if args["--overlays"]:
         (out / OVERLAY_DIR).mkdir(exist_ok=True)
     return journal

@@ -168,6 +168,41 @@ class RunIdentity:
         return out
 
 
+def open_run(
+    out: Path,
+    *,
+    bundle_dir: Path,
+    manifest: Any,
+    engine_label: str,
+    batch_size: int,
+    options: dict[str, Any],
+    images: Iterable[tuple[str, str, bool]],
+    missing: Iterable[tuple[str, str]],
+    restart: bool = False,
+) -> Journal:
+    """The journal of a ``predict`` or ``batch`` run into ``out`` (one rule for both: where the
+    work runs changes no output). Its identity is the model, every option that can change an
+    output (as given, and the engine and batch size they resolved to) and the ordered inputs;
+    :class:`JournalError` when ``out`` holds another run's journal. Stale temporary output files
+    are removed under the journal's lock, when no other writer is alive."""
+    import steelscan
+    from steelscan.inference.writers import remove_stale_temps
+
+    shown = dict(options)
+    shown["engine (resolved)"] = engine_label
+    shown["batch size (resolved)"] = batch_size
+    shown["steelscan version"] = steelscan.__version__
+    identity = RunIdentity(
+        model=model_identity(bundle_dir, manifest),
+        options=shown,
+        inputs=inputs_identity(images, missing),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    journal = Journal.open(out, identity, restart=restart)
+    remove_stale_temps(out)
+    return journal
+
+
 # -- the journal ------------------------------------------------------------------------------
 class Journal:
     """The journal of one run in ``out``; use :meth:`open`, then as a context manager."""
