@@ -30,8 +30,9 @@ def predict(
     model_dir: Path = typer.Argument(..., help="Trained model bundle folder (manifest.json)."),
     inputs: list[Path] = typer.Argument(
         ...,
-        help="Images, folders of images, CSVs with an ImageId column, or a labelled dataset "
-        "folder (with train.csv: overlays then show the ground truth too).",
+        help="Images, folders of images (masks beside their images, x.png for x.jpg, are left "
+        "out), CSVs with an ImageId column, or a labelled dataset folder in any layout "
+        "steelscan reads (overlays then show the ground truth too).",
     ),
     out: Path = typer.Option(..., "--out", help="Folder for submission.csv, predictions.jsonl..."),
     engine: str = typer.Option(
