@@ -2,14 +2,14 @@
 
 Accepted inputs: image files; folders of images (non-recursive, sorted; a folder holding only an
 ``images/`` or ``train_images/`` subfolder is looked into; masks beside their images, by
-:mod:`steelscan.data.mask_folders`' pairing rule, are left out with a note); a CSV listing images (any table
-:func:`steelscan.data.kaggle_csv.read_image_rows` reads, the same files ``steelscan score --images``
-takes: ``images.csv``, ``defect_and_no_defect.csv``, a train or submission CSV in either Kaggle
-layout, one id per line), its ids found beside the CSV or in ``images/``, ``train_images/`` or
-``test_images/`` by :class:`steelscan.data.image_files.ImageFinder` (also under another image
-suffix with the same stem, as Severstal re-encodes store ``<id>.png`` for ``<id>.jpg``); a
-labelled dataset folder in any layout :func:`steelscan.data.detect_layout` finds: its records
-come with ground truth, for overlays.
+:mod:`steelscan.data.mask_folders`' pairing rule, are left out with a note); a CSV listing images
+(any table :func:`steelscan.data.kaggle_csv.read_image_rows` reads, the same files ``steelscan
+score --images`` takes: ``images.csv``, ``defect_and_no_defect.csv``, a train or submission CSV in
+either Kaggle layout, one id per line), its ids found beside the CSV or in ``images/``,
+``train_images/`` or ``test_images/`` by :class:`steelscan.data.image_files.ImageFinder` (also
+under another image suffix with the same stem, as Severstal re-encodes store ``<id>.png`` for
+``<id>.jpg``); a labelled dataset folder in any layout :func:`steelscan.data.detect_layout` finds:
+its records come with ground truth, for overlays.
 """
 
 from __future__ import annotations
