@@ -118,6 +118,35 @@ def test_predict_labelled_dataset_overlays_show_ground_truth(tmp_path, severstal
     assert (np.abs(gt_panel.astype(int) - raw.astype(int)).sum(axis=2) > 30).mean() > 0.01
 
 
+def test_overlays_paint_no_truth_of_other_classes_and_say_so(tmp_path, model_dir, capsys):
+    """Real Magnetic-tile masks of four classes against a model of four others: no truth panel
+    painted by class index (the colours would name the wrong classes), and a note."""
+    from conftest import shared_path
+
+    mt = shared_path("data", "magnetic-tile")
+    data = tmp_path / "mt"
+    for cls in ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray"):
+        jpg = sorted((mt / cls / "Imgs").glob("*.jpg"))[0]
+        (data / cls / "Imgs").mkdir(parents=True)
+        shutil.copy(jpg, data / cls / "Imgs")
+        shutil.copy(jpg.with_suffix(".png"), data / cls / "Imgs")
+    out = tmp_path / "out"
+    assert run(["predict", model_dir, data, "--out", out, "--overlays"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "the inputs' ground truth classes (MT_Blowhole, MT_Break, MT_Crack, MT_Fray) are not the "
+        "model's (1, 2, 3, 4): overlays show no ground truth"
+    ) in " ".join(err.split())
+    pngs = sorted((out / "overlays").iterdir())
+    assert len(pngs) == 4
+    for png in pngs:
+        cls, _, name = png.stem.split("__")
+        with Image.open(data / cls / "Imgs" / f"{name}.jpg") as im:
+            h = im.height
+        with Image.open(png) as im:
+            assert im.height < 2 * h  # the prediction panel and legend only
+
+
 def test_predict_csv_of_ids_with_a_missing_id(tmp_path, severstal_dir, model_dir):
     (tmp_path / "images").mkdir()
     # stored as PNG under the same stem while the CSV says .jpg, like the Severstal re-encodes

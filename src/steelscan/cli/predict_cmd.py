@@ -90,6 +90,11 @@ def predict(
     predictor = _build_predictor(model_dir, engine, gate, tta, batch_size, opts)
     resolved = resolve_inputs(inputs)
     print_notes(resolved.notes)
+    if overlays:
+        from steelscan.inference.writers import truth_class_note
+
+        truths = [it.truth for it in resolved.images if it.truth is not None]
+        print_notes([n for n in [truth_class_note(truths, predictor.classes)] if n])
     args = run_identity(
         engine=engine, gate=gate, tta=tta, batch_size=batch_size, overlays=overlays,
         channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8, device=device,

@@ -162,11 +162,11 @@ def _legend(width: int, names: list[str], extra: list[str]) -> np.ndarray:
 
 
 def _truth_panel(rgb: np.ndarray, truth: AnnotatedImage, names: list[str]) -> np.ndarray | None:
-    """The ground truth: its masks tinted (when its classes are the model's) and its boxes
-    framed in the colour of the model's class of that name; None when nothing lines up."""
-    masks = truth.masks(boxes=False)
-    painted = len(masks) == len(names)
-    panel = _paint(rgb, masks) if painted else rgb
+    """The ground truth: its masks tinted (when its classes are the model's, in its order) and
+    its boxes framed in the colour of the model's class of that name; None when nothing lines
+    up (:func:`truth_class_note` tells the user)."""
+    painted = list(truth.classes) == list(names)
+    panel = _paint(rgb, truth.masks(boxes=False)) if painted else rgb
     index = {n: i for i, n in enumerate(names)}
     boxes = [
         (index[truth.classes[b.class_index]], b.x1, b.y1, b.x2, b.y2)
@@ -176,6 +176,23 @@ def _truth_panel(rgb: np.ndarray, truth: AnnotatedImage, names: list[str]) -> np
     if not painted and not boxes:
         return None
     return draw_boxes(panel, boxes, thickness=box_style(*rgb.shape[:2])[0]) if boxes else panel
+
+
+def truth_class_note(truths: list[AnnotatedImage], names: list[str]) -> str | None:
+    """What an overlay leaves out of ground truth whose classes are not the model's (masks are
+    painted only for the model's classes in its order, boxes by class name); None if nothing."""
+    if not truths:
+        return None
+    theirs = list(dict.fromkeys(c for t in truths for c in t.classes))
+    if theirs == list(names):
+        return None
+    shared = [c for c in theirs if c in names]
+    boxed = shared and any(t.boxes for t in truths)
+    what = f"only its boxes of {', '.join(shared)}" if boxed else "no ground truth"
+    return (
+        f"the inputs' ground truth classes ({', '.join(theirs)}) are not the model's "
+        f"({', '.join(names)}): overlays show {what}"
+    )
 
 
 def _class_notes(result: InspectionResult) -> list[str]:
