@@ -3,6 +3,7 @@
     .venv/bin/python bench/magnetic_tile.py [--data ../shared/data/magnetic-tile]
                                             [--out runs/magnetic-tile] [--max-minutes 28.5]
                                             [--seed 0] [--ema-decay 0.99] [--no-gate] [--resume]
+                                            [--accelerator cpu|gpu] [--num-workers 1]
 
 Seeded, stratified 80/20 split by image (``val_fraction=0.2``), MobileNetV2 ImageNet weights from
 ../shared/weights for both stages: a timm ``mobilenetv2_100`` gate on full images (batches of like
@@ -90,8 +91,8 @@ def build_config(args: argparse.Namespace):
         early_stopping_patience=None,
         max_minutes=args.max_minutes,
         resume=args.resume,
-        num_workers=1,
-        accelerator="cpu",
+        num_workers=args.num_workers,
+        accelerator=args.accelerator,
         devices=1,
         tensorboard=False,
         export=ExportConfig(enabled=not args.no_export, measure_images=32),
@@ -110,6 +111,12 @@ def main() -> int:
         "--gate-scale", type=float, default=0.5, help="the gate's input scale inside the network"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--accelerator",
+        default="cpu",
+        help="cpu (the issue's bar: 2 CPU cores) or gpu, for a machine that has one",
+    )
+    ap.add_argument("--num-workers", type=int, default=1, help="data-loading processes")
     ap.add_argument("--ema-decay", type=float, default=0.99, help="per-step weight average; 0: off")
     ap.add_argument("--no-export", action="store_true", help="skip the ONNX export and engines")
     ap.add_argument(
@@ -166,6 +173,7 @@ def main() -> int:
         "training_seconds": round(train_s, 1),
         "evaluate_seconds": round(eval_s, 1),
         "torch_threads": torch.get_num_threads(),
+        "accelerator": args.accelerator,
         "load_average": os.getloadavg(),
         "gate_accuracy": gate_accuracy,
         "gate_accuracy_from": "classifier" if gate else "segmenter verdict (has_defect)",
