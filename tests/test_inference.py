@@ -304,6 +304,10 @@ def test_a_folder_of_images_beside_their_masks_is_inspected_without_the_masks(tm
     assert len(r.notes) == 1 and "2 mask file(s) beside their images left out" in r.notes[0]
     mask = tmp_path / jpgs[0].with_suffix(".png").name
     assert [i.path for i in resolve_inputs([mask]).images] == [mask]  # named outright: inspected
+    # a PNG of its own beside them: the folder is not images with masks, every file is inspected
+    shutil.copy(mask, tmp_path / "other.png")
+    r = resolve_inputs([tmp_path])
+    assert len(r.images) == 5 and not r.notes
 
 
 def test_resolve_inputs_reencoded_png_ids(severstal_reencoded_dir):

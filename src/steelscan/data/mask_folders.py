@@ -100,13 +100,14 @@ def _pair_folder(
 
 def masks_beside_images(folder: Path) -> list[Path]:
     """The files directly in ``folder`` that are masks beside their images by the pairing rule
-    above (``x.jpg`` + ``x.png``, ``x_mask.png``): a plain folder of such images is inspected
-    without its masks."""
+    above (``x.jpg`` + ``x.png``, ``x_mask.png``), so that a plain folder of such images is
+    inspected without its masks. Only a folder where every would-be mask has its image counts:
+    elsewhere (a ``.png`` of its own among them) every file is taken for an image."""
     if not folder.is_dir():
         return []
     names = [p.name for p in folder.iterdir() if p.is_file()]
-    pairs, _ = _pair_folder(folder, names)
-    return sorted(mask for _, mask in pairs if mask is not None)
+    pairs, orphans = _pair_folder(folder, names)
+    return [] if orphans else sorted(mask for _, mask in pairs if mask is not None)
 
 
 def _walk(top: Path) -> Iterator[tuple[Path, list[str]]]:
