@@ -322,8 +322,6 @@ def _search_class(
     best = np.unravel_index(int(np.argmax(table)), table.shape)
     # A tie keeps the base's pixel threshold, but still moves to the middle of its plateau.
     best = centre_of_plateau(table, best if table[best] > table[base_idx] + 1e-9 else base_idx)
-    if best == base_idx:
-        return b_pix, b_cls, b_comp, b_mins
     return pix[best[0]], cls[best[1]], comp[best[2]], mins[best[3]]
 
 
