@@ -94,7 +94,9 @@ def predict(
         from steelscan.inference.writers import truth_class_note
 
         truths = [it.truth for it in resolved.images if it.truth is not None]
-        print_notes([n for n in [truth_class_note(truths, predictor.classes)] if n])
+        note = truth_class_note(truths, predictor.classes)
+        if note:
+            print_notes([note])
     args = run_identity(
         engine=engine, gate=gate, tta=tta, batch_size=batch_size, overlays=overlays,
         channels_last=channels_last, bf16=bf16, fp16=fp16, int8=int8, device=device,

@@ -98,14 +98,12 @@ def _pair_folder(
     return pairs, [folder / m for m in sorted(masks - claimed)]
 
 
-def masks_beside_images(folder: Path) -> list[Path]:
-    """The files directly in ``folder`` that are masks beside their images by the pairing rule
-    above (``x.jpg`` + ``x.png``, ``x_mask.png``), so that a plain folder of such images is
-    inspected without its masks. Only a folder where every would-be mask has its image counts:
-    elsewhere (a ``.png`` of its own among them) every file is taken for an image."""
-    if not folder.is_dir():
-        return []
-    names = [p.name for p in folder.iterdir() if p.is_file()]
+def masks_beside_images(folder: Path, names: list[str]) -> list[Path]:
+    """Which of ``names`` (files directly in ``folder``, as already listed) are masks beside their
+    images by the pairing rule above (``x.jpg`` + ``x.png``, ``x_mask.png``), so that a plain
+    folder of such images is inspected without its masks. Only a folder where every would-be
+    mask has its image counts: elsewhere (a ``.png`` of its own among them) every file is taken
+    for an image."""
     pairs, orphans = _pair_folder(folder, names)
     return [] if orphans else sorted(mask for _, mask in pairs if mask is not None)
 

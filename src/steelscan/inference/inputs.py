@@ -102,7 +102,7 @@ def _from_folder(folder: Path, out: Inputs) -> list[InputImage]:
         raise DataError(
             [DataProblem(str(folder), "folder holds no images (" + ", ".join(IMAGE_SUFFIXES) + ")")]
         )
-    masks = set(masks_beside_images(where))
+    masks = set(masks_beside_images(where, [p.name for p in files]))
     if masks:
         out.notes.append(
             f"{where}: {len(masks)} mask file(s) beside their images left out "
